@@ -1,0 +1,1 @@
+"""Environment classes; registered with Gymnasium by ``import mec_env``."""

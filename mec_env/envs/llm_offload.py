@@ -1,0 +1,420 @@
+"""LLM/MoE offloading environments: discrete, continuous and natively batched views of one core."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from mec_env.core import ACTION_PARTS, OffloadCore
+from mec_env.cost_model import EXPERT_POLICIES, KV_TIERS
+from mec_env.scenario import OBJECTIVES, load_scenario
+
+__all__ = ["LLMOffloadEnv", "LLMOffloadContinuousEnv", "LLMOffloadVectorEnv"]
+
+INVALID_ACTION_MODES = ("fallback", "raise")
+
+
+def _check_discrete_actions(actions: np.ndarray, nvec: np.ndarray) -> np.ndarray:
+    """(N, 4) int64 array, or ValueError naming the part and the value."""
+    a = np.asarray(actions)
+    if a.shape[-1:] != (len(nvec),) or not (np.issubdtype(a.dtype, np.integer) or _integral(a)):
+        raise ValueError(
+            f"action must be {len(nvec)} integers (target, split, kv_tier, expert_policy), got {actions!r}"
+        )
+    a = a.astype(np.int64).reshape(-1, len(nvec))
+    bad = (a < 0) | (a >= nvec)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise ValueError(
+            f"action[{col}] ({ACTION_PARTS[col]}) must be in [0, {nvec[col]}), got {a[row, col]}"
+        )
+    return a
+
+
+def _integral(a: np.ndarray) -> bool:
+    return (
+        np.issubdtype(a.dtype, np.floating)
+        and bool(np.all(np.isfinite(a)))
+        and bool(np.all(a == np.round(a)))
+    )
+
+
+class _OffloadBase:
+    """Spaces, checks and rendering shared by the single-env views."""
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+
+    def _setup(self, scenario, render_mode, invalid_action, num_envs):
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(
+                f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}"
+            )
+        if invalid_action not in INVALID_ACTION_MODES:
+            raise ValueError(
+                f"invalid_action must be one of {INVALID_ACTION_MODES}, got {invalid_action!r}"
+            )
+        self.scenario = load_scenario(scenario)
+        self.core = OffloadCore(self.scenario, num_envs)
+        self.render_mode = render_mode
+        self.invalid_action = invalid_action
+        nreq, ns, per = self.core.observation_size()
+        self.obs_layout = {"request": (0, nreq), "servers": (nreq, ns, per)}
+        self.single_obs_space = spaces.Box(0.0, 1.0, (nreq + ns * per,), np.float32)
+        bounds = self.core.reward_bounds()[self.core.objective_index]
+        self.reward_space = spaces.Box(
+            -bounds.astype(np.float32), np.zeros(len(bounds), np.float32), dtype=np.float32
+        )
+        self.reward_dim = len(bounds)
+        self.objective_names = self.scenario.objectives.names
+        self.objective_units = tuple(OBJECTIVES[o] for o in self.objective_names)
+        self._last: dict[str, Any] | None = None
+
+    def _info(self, i: int = 0, result=None) -> dict[str, Any]:
+        c = self.core
+        info: dict[str, Any] = {
+            "action_mask": c.action_masks()[i],
+            "time_s": float(c.now_s[i]),
+            "request": {
+                "device": int(c.req_device[i]),
+                "model": self.scenario.models[int(c.req_model[i])].name,
+                "prompt_tokens": int(c.req_prompt[i]),
+                "output_tokens": int(c.req_output[i]),
+            },
+        }
+        if result is not None:
+            info["plan"] = result.plan[i].copy()
+            info["fallback"] = {
+                p: bool(f) for p, f in zip(ACTION_PARTS, result.fallback[i], strict=True) if f
+            }
+            info["rejected"] = bool(result.rejected[i])
+            info["costs"] = dict(
+                zip(
+                    ("latency_s", "energy_j", "cost_usd", "accuracy_loss"),
+                    map(float, result.costs[i]),
+                    strict=True,
+                )
+            )
+        return info
+
+    def _enforce_masks(self, a: np.ndarray) -> None:
+        if self.invalid_action != "raise":
+            return
+        masks = (
+            self.core.mask_target,
+            self.core.mask_split,
+            self.core.mask_tier,
+            self.core.mask_policy,
+        )
+        for part, (mask, value) in enumerate(zip(masks, a[0], strict=True)):
+            if not mask[0, value]:
+                raise ValueError(
+                    f"action[{part}] ({ACTION_PARTS[part]}) = {value} is masked for this request "
+                    f"(open: {np.flatnonzero(mask[0]).tolist()})"
+                )
+
+    def _render_text(self, i: int = 0) -> str:
+        c, sc = self.core, self.scenario
+        m = sc.models[int(c.req_model[i])]
+        lines = [
+            f"t={c.now_s[i]:.2f}s request {int(c.t[i])}/{sc.episode_requests}: device {int(c.req_device[i])} "
+            f"({sc.devices[int(c.req_device[i])].name}) asks {m.name} ({m.kind}) prompt={int(c.req_prompt[i])} "
+            f"output={int(c.req_output[i])}",
+        ]
+        if self._last is not None:
+            plan = self._last["plan"]
+            split = sc.models[self._last["model"]].split_points
+            split_name = split[plan[1]].name if plan[1] < len(split) else str(plan[1])
+            target = "local" if plan[0] == 0 else sc.servers[plan[0] - 1].name
+            lines.append(
+                f"last plan ({sc.models[self._last['model']].name}): target={target} split={split_name} kv={KV_TIERS[plan[2]]} experts={EXPERT_POLICIES[plan[3]]}"
+                f" -> "
+                + ", ".join(f"{k}={v:.4g}" for k, v in self._last["costs"].items())
+                + (f" fallback={sorted(self._last['fallback'])}" if self._last["fallback"] else "")
+            )
+        for j, server in enumerate(sc.servers):
+            rem = c.remaining_s[i, j]
+            busy = rem[rem > 0]
+            free = c.free_bytes[i, j + 1] / 1e9
+            cache = c.cache_model[i, j]
+            lines.append(
+                f"  [{j + 1}] {server.name:<16} running {busy.size:>2}/{server.max_running} "
+                f"work left {busy.sum():8.2f}s free GB fast={free[0]:.1f} dram={free[1]:.0f} ssd={free[2]:.0f} "
+                f"csd={free[3]:.0f} cache={sc.models[cache].name if cache >= 0 else '-'}"
+            )
+        return "\n".join(lines) + "\n"
+
+
+class LLMOffloadEnv(_OffloadBase, gym.Env):
+    """## Description
+
+    Each step one LLM, MoE or vision request arrives at a mobile device and the agent chooses its
+    placement plan: where it runs (locally or on one of the edge/cloud servers), where the model
+    is split between device and server, where the KV cache lives (GPU memory, host DRAM, an NVMe
+    SSD, or a computational storage drive that computes attention in storage) and how MoE
+    experts are cached (on demand, LRU, predictive prefetch, low-precision misses, misses on the
+    CPU). The reward is a vector of negated costs (latency, energy and optionally money and
+    accuracy loss). Dynamics: :mod:`mec_env.core`; every formula: :mod:`mec_env.cost_model`.
+
+    ## Action space
+
+    ``MultiDiscrete([1 + max_servers, num_splits, 4, 5])``
+
+    | index | part | values |
+    |---|---|---|
+    | 0 | target | 0 = the requesting device, j = server j (padded to ``max_servers``) |
+    | 1 | split | index into the model's ``split_points``; 0 = whole model on the target |
+    | 2 | KV tier | 0 fast (GPU HBM / device RAM), 1 host DRAM, 2 NVMe SSD, 3 CSD (in-storage attention) |
+    | 3 | expert policy | 0 on demand, 1 LRU, 2 prefetch, 3 low-precision misses, 4 misses on CPU |
+
+    ``action_masks()`` (and ``info["action_mask"]``) gives the concatenated per-part masks of
+    length ``sum(nvec)``. Parts that do not apply are masked (a dense model has only policy 0, a
+    vision model only tier 0, local execution only split 0), and so are full servers and tiers
+    without room for the request's KV. The masks are factorised, so a part is open when it is
+    feasible with at least one open target. **Masked actions:** with ``invalid_action="fallback"``
+    (default) a masked part is replaced: target -> the first open target, split -> "none", tier
+    -> the fastest tier that fits, policy -> the first allowed one; ``info["fallback"]`` names the
+    replaced parts. With ``invalid_action="raise"`` a masked part raises ``ValueError``. An action
+    outside the space always raises ``ValueError`` naming the part and the value. When no
+    target can take a request, only action 0 is open and the request is rejected with the
+    scenario's ``rejection_penalty_s`` as its latency.
+
+    ## Observation space
+
+    ``Box(0, 1, (15 + max_servers * (14 + histogram_bins),), float32)``; ``obs_layout`` gives the
+    slices. Request part (index: meaning): 0-2 model kind one-hot (dense, moe, cnn); 3 log10
+    params / 12; 4 active / total params; 5 KV MB per token; 6-7 log2(prompt, output tokens + 1)
+    / 21; 8 device log10 FLOP/s / 16; 9 device memory TB/s; 10 battery fraction; 11 local busy
+    fraction; 12 local execution open; 13 episode progress; 14 log10 uplink bps / 11. Then one
+    row per server slot (padded rows are zero, so one policy serves 1..max_servers servers):
+    present, cloud, open (target mask), log10 GPU FLOP/s / 16, HBM TB/s / 5, log10 rate / 11,
+    round trip in units of 10 ms, busy slots fraction, GMORL's histogram of remaining work
+    (``histogram_bins`` bins over [0, ``histogram_max_s``], count / slots), free fraction per KV
+    tier (fast, dram, ssd, csd), hosts the requested model, expert cache holds the requested
+    model. Rows are encoded identically, so a permutation-invariant network can pool them.
+
+    ## Rewards
+
+    ``float32`` vector, one entry per ``scenario.objectives.names`` (default latency, energy),
+    each the negated per-request cost: latency (s) = network + device head compute +
+    processor-sharing completion + the delay this request adds to requests already running on
+    the target (GMORL); energy (J) = server energy + device compute (DVFS) + radio; cost (USD) =
+    GPU price x busy time; accuracy = loss from low-precision experts, bottlenecks and sparse
+    attention. ``reward_space`` bounds every reward; ``reward_dim`` its length.
+
+    ## Starting state
+
+    Empty servers and caches, full batteries; device distances and shadowing drawn per episode.
+
+    ## Episode end
+
+    Never terminates; truncates after ``scenario.episode_requests`` requests.
+
+    ## Arguments
+
+    ``scenario`` (preset name, YAML path, mapping or Scenario; default ``"default"``),
+    ``render_mode`` (``None`` or ``"ansi"``), ``invalid_action`` (``"fallback"`` or ``"raise"``).
+
+    ## Version history
+
+    * v0: initial release.
+    """
+
+    def __init__(
+        self, scenario="default", render_mode: str | None = None, invalid_action: str = "fallback"
+    ) -> None:
+        self._setup(scenario, render_mode, invalid_action, 1)
+        self.observation_space = self.single_obs_space
+        self.action_space = spaces.MultiDiscrete(self.core.nvec)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.core.reset(self.np_random)
+        self._last = None
+        return self.core.observe()[0], self._info()
+
+    def _step(self, a: np.ndarray, **knobs):
+        self._enforce_masks(a)
+        model = int(self.core.req_model[0])
+        result = self.core.step(a, self.np_random, **knobs)
+        info = self._info(0, result)
+        self._last = {
+            "plan": result.plan[0],
+            "model": model,
+            "costs": info["costs"],
+            "fallback": info["fallback"],
+        }
+        return self.core.observe()[0], result.reward[0], False, bool(result.truncated[0]), info
+
+    def step(self, action):
+        return self._step(_check_discrete_actions(action, self.core.nvec))
+
+    def action_masks(self) -> np.ndarray:
+        """Concatenated per-part masks (sb3-contrib MaskablePPO's MultiDiscrete format)."""
+        return self.core.action_masks()[0]
+
+    def render(self):
+        if self.render_mode == "ansi":
+            return self._render_text()
+        return None
+
+
+class LLMOffloadContinuousEnv(LLMOffloadEnv):
+    """The same dynamics as ``LLMOffload-v0`` with a ``Box(-1, 1)`` action (for DDPG).
+
+    ## Action space
+
+    ``Box(-1, 1, (1 + max_servers + num_splits + 4 + 5 + 2,), float32)``, decoded into a plan:
+
+    | slice | meaning |
+    |---|---|
+    | target scores (1 + max_servers) | the highest-scoring *open* target runs the request |
+    | split scores (num_splits) | the highest-scoring open split |
+    | KV tier scores (4) | softmax over the tiers open for the plan = the share of KV on each tier (tiers scan their share in parallel; partial attention merges exactly) |
+    | expert policy scores (5) | the highest-scoring open policy |
+    | transmit power (1) | [-1, 1] -> [0, tx_power_max_w] of the device (floored at 1 % of max) |
+    | device frequency (1) | [-1, 1] -> [freq_min_ghz, freq_max_ghz] (DVFS; power static + dynamic x (f/f_max)^3) |
+
+    Decoding picks open choices only, so the continuous env never falls back. Everything else
+    (observation, rewards, episode) is as in ``LLMOffload-v0``.
+    """
+
+    def __init__(self, scenario="default", render_mode: str | None = None) -> None:
+        super().__init__(scenario, render_mode, "fallback")
+        n = self.core.nvec
+        self.slices = np.cumsum([0, n[0], n[1], n[2], n[3], 1, 1])
+        self.action_space = spaces.Box(-1.0, 1.0, (int(self.slices[-1]),), np.float32)
+
+    def decode(self, action: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The plan (1, 4) and the continuous knobs that ``action`` stands for."""
+        a = np.asarray(action, dtype=np.float64)
+        if a.shape != self.action_space.shape or not np.all(np.isfinite(a)):
+            raise ValueError(
+                f"action must be a finite array of shape {self.action_space.shape}, got {action!r}"
+            )
+        if np.any(np.abs(a) > 1.0 + 1e-6):
+            i = int(np.argmax(np.abs(a)))
+            raise ValueError(f"action[{i}] must be in [-1, 1], got {a[i]}")
+        c, sl = self.core, self.slices
+        masks = (c.mask_target[0], c.mask_split[0], c.mask_tier[0], c.mask_policy[0])
+        plan = np.array(
+            [
+                [
+                    int(np.argmax(np.where(mk, a[sl[i] : sl[i + 1]], -np.inf)))
+                    for i, mk in enumerate(masks)
+                ]
+            ]
+        )
+        tiers = a[sl[2] : sl[3]]
+        share = np.exp(
+            4.0 * (tiers - tiers.max())
+        )  # temperature 1/4: a ~1 gap puts ~98 % on one tier
+        dev = self.scenario.devices[int(c.req_device[0])]
+        tx = max(0.01, (a[sl[4]] + 1.0) / 2.0) * dev.tx_power_max_w
+        ghz = dev.freq_min_ghz + (a[sl[5]] + 1.0) / 2.0 * (dev.freq_max_ghz - dev.freq_min_ghz)
+        knobs = {
+            "tier_fraction": share[None, :],
+            "tx_power_w": np.array([tx]),
+            "freq_ratio": np.array([ghz / dev.freq_max_ghz]),
+        }
+        return plan, knobs
+
+    def step(self, action):
+        plan, knobs = self.decode(action)
+        return self._step(plan, **knobs)
+
+
+class LLMOffloadVectorEnv(gym.vector.VectorEnv):
+    """``num_envs`` copies of ``LLMOffload-v0`` stepped as one batch by the same core.
+
+    Rewards have shape ``(num_envs, reward_dim)``. Autoreset follows Gymnasium's default
+    NEXT_STEP mode: the step after an episode ends resets that sub-environment (its action is
+    ignored, its reward is 0). ``action_masks()`` returns ``(num_envs, sum(nvec))``. All
+    sub-environments draw from one Generator seeded by ``reset(seed=)``.
+    """
+
+    metadata = {"render_modes": ["ansi"], "autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP}
+
+    def __init__(
+        self,
+        num_envs: int = 8,
+        scenario="default",
+        render_mode: str | None = None,
+        invalid_action: str = "fallback",
+    ) -> None:
+        if (
+            isinstance(num_envs, bool)
+            or not isinstance(num_envs, (int, np.integer))
+            or num_envs < 1
+        ):
+            raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
+        self._base = _OffloadBase()
+        self._base.metadata = LLMOffloadEnv.metadata
+        self._base._setup(scenario, render_mode, invalid_action, int(num_envs))
+        self.core = self._base.core
+        self.scenario = self._base.scenario
+        self.num_envs = int(num_envs)
+        self.render_mode = render_mode
+        self.single_observation_space = self._base.single_obs_space
+        self.single_action_space = spaces.MultiDiscrete(self.core.nvec)
+        self.observation_space = gym.vector.utils.batch_space(
+            self.single_observation_space, self.num_envs
+        )
+        self.action_space = gym.vector.utils.batch_space(self.single_action_space, self.num_envs)
+        self.reward_space = self._base.reward_space
+        self.reward_dim = self._base.reward_dim
+        self.objective_names = self._base.objective_names
+        self._autoreset = np.zeros(self.num_envs, dtype=bool)
+        self._rng = np.random.default_rng()
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        self.core.reset(self._rng)
+        self._autoreset[:] = False
+        return self.core.observe(), {"action_mask": self.core.action_masks()}
+
+    def step(self, actions):
+        a = _check_discrete_actions(actions, self.core.nvec)
+        if a.shape[0] != self.num_envs:
+            raise ValueError(f"actions must have {self.num_envs} rows, got {a.shape[0]}")
+        if self.invalid_action_raise:
+            masks = self.core.action_masks()
+            offsets = np.concatenate([[0], np.cumsum(self.core.nvec)[:-1]])
+            bad = ~masks[np.arange(self.num_envs)[:, None], a + offsets] & ~self._autoreset[:, None]
+            if bad.any():
+                row, col = np.argwhere(bad)[0]
+                raise ValueError(
+                    f"actions[{row}, {col}] ({ACTION_PARTS[col]}) = {a[row, col]} is masked"
+                )
+        result = self.core.step(a, self._rng)
+        reward = result.reward
+        if self._autoreset.any():
+            reward[self._autoreset] = 0.0
+            result.truncated[self._autoreset] = False
+            self.core.reset(self._rng, self._autoreset)
+        self._autoreset = result.truncated.copy()
+        terminated = np.zeros(self.num_envs, dtype=bool)
+        info = {
+            "action_mask": self.core.action_masks(),
+            "costs": result.costs,
+            "plan": result.plan,
+            "fallback": result.fallback,
+        }
+        return self.core.observe(), reward, terminated, result.truncated, info
+
+    @property
+    def invalid_action_raise(self) -> bool:
+        return self._base.invalid_action == "raise"
+
+    def action_masks(self) -> np.ndarray:
+        return self.core.action_masks()
+
+    def render(self):
+        if self.render_mode == "ansi":
+            return "".join(
+                f"--- env {i}\n" + self._base._render_text(i) for i in range(self.num_envs)
+            )
+        return None
