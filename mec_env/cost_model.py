@@ -22,9 +22,11 @@ the network is not shared between requests.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from mec_env.hardware import DeviceSpec, ServerSpec
 from mec_env.models import ModelSpec
@@ -116,49 +118,70 @@ def shannon_rate_bps(bandwidth_hz, tx_power_w, channel_gain, noise_w):
     return bandwidth_hz * np.log2(1.0 + tx_power_w * channel_gain / noise_w)
 
 
-def ps_own_and_added_s(
-    remaining_s: np.ndarray, work_s: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Processor sharing with no further arrivals (GMORL's delay terms).
+@njit(cache=True)
+def ps_row_own_added(remaining_s, work_s):
+    """Processor sharing with no further arrivals (GMORL's two delay terms), for one server.
 
-    A new job of exclusive work ``w`` joins jobs with remaining exclusive work ``w_i`` (last axis,
-    0 = empty slot). Each job i finishes min(w_i, w) of service while the new one runs, so the new
-    job completes after ``w + sum_i min(w_i, w)`` and delays the others by ``sum_i min(w_i, w)``.
+    A new job of exclusive work ``w`` joins jobs with remaining exclusive work ``w_i`` (0 = empty
+    slot). Each job i receives min(w_i, w) of service while the new one runs, so the new job
+    completes after ``w + sum_i min(w_i, w)`` and delays the others by ``sum_i min(w_i, w)``.
     Returns (own completion time, total delay added to the running jobs), in seconds.
     """
-    added = np.minimum(remaining_s, work_s[..., None]).sum(axis=-1)
+    added = 0.0
+    for q in range(remaining_s.shape[0]):
+        added += min(remaining_s[q], work_s)
     return work_s + added, added
 
 
-def ps_advance(
-    remaining_s: np.ndarray, dt_s: np.ndarray | float, presorted: bool = False
-) -> np.ndarray:
-    """Exact processor sharing over ``dt_s``: the remaining exclusive work after it (last axis).
+@njit(cache=True)
+def ps_row_served(sorted_s, dt_s):
+    """Service each job of one server receives during ``dt_s`` of exact processor sharing.
 
-    Jobs sorted by remaining work w_(1) <= ... <= w_(n) finish in order; the time at which job k
-    finishes is t_k = sum_{i<=k} (w_(i) - w_(i-1)) * (n - i + 1). Within dt every surviving job
-    receives the same service ``s``, the largest with t(s) <= dt; empty slots (0) stay 0.
-    ``presorted=True`` skips the sort when every row is already ascending (processor sharing
-    keeps the order, so the simulator maintains it).
+    ``sorted_s`` is ascending (empty slots, 0, first). Jobs finish in order; while job i (rank
+    among busy jobs) is being finished, ``n - i`` jobs share the processor, so it ends at
+    t_i = sum_{j<=i} (w_(j) - w_(j-1)) * (n - j). Every survivor receives the same service;
+    returns inf when every job finishes within ``dt_s``.
     """
-    w = remaining_s if presorted else np.sort(remaining_s, axis=-1)
-    n = (w > 0).sum(axis=-1, keepdims=True)
-    num_slots = w.shape[-1]
-    # Sorted ascending, empties (0) first; index of the first busy slot = num_slots - n.
-    rank = np.arange(num_slots) - (num_slots - n)  # 0-based rank among busy jobs, <0 for empty
-    jobs_left = np.where(rank >= 0, n - rank, 0)  # jobs still running while w_(rank) is served
-    prev = np.concatenate([np.zeros_like(w[..., :1]), w[..., :-1]], axis=-1)
-    t_finish = np.cumsum((w - prev) * jobs_left, axis=-1)  # time at which each sorted job ends
-    dt = np.broadcast_to(np.asarray(dt_s, dtype=float)[..., None], t_finish.shape[:-1] + (1,))
-    done = t_finish <= dt  # includes empties (t = 0)
-    k = done.sum(axis=-1, keepdims=True)  # number finished (incl. empties)
-    t_k = np.take_along_axis(
-        np.concatenate([np.zeros_like(w[..., :1]), t_finish], axis=-1), k, axis=-1
-    )
-    w_k = np.take_along_axis(np.concatenate([np.zeros_like(w[..., :1]), w], axis=-1), k, axis=-1)
-    running = np.maximum(num_slots - k, 1)
-    served = w_k + (dt - t_k) / running  # service each surviving job has received
-    return np.maximum(remaining_s - served, 0.0)
+    num = sorted_s.shape[0]
+    t = 0.0
+    prev = 0.0
+    for q in range(num):
+        w = sorted_s[q]
+        if w <= 0.0:
+            continue
+        jobs = num - q
+        step = (w - prev) * jobs
+        if t + step > dt_s:
+            return prev + (dt_s - t) / jobs
+        t += step
+        prev = w
+    return math.inf
+
+
+def ps_own_and_added_s(remaining_s, work_s):
+    """Vectorised :func:`ps_row_own_added` over leading axes (last axis = slots)."""
+    remaining_s = np.asarray(remaining_s, dtype=float)
+    added = np.minimum(remaining_s, np.asarray(work_s, dtype=float)[..., None]).sum(axis=-1)
+    return work_s + added, added
+
+
+def ps_advance(remaining_s, dt_s, presorted: bool = False):
+    """Remaining exclusive work after ``dt_s`` of exact processor sharing (last axis = slots,
+    0 = empty), for every leading index; :func:`ps_row_served` per row. Slot order is kept."""
+    rem = np.asarray(remaining_s, dtype=float)
+    w = rem if presorted else np.sort(rem, axis=-1)
+    flat = np.ascontiguousarray(w.reshape(-1, w.shape[-1]))
+    dt = np.broadcast_to(np.asarray(dt_s, dtype=float), rem.shape[:-1] + (1,)).reshape(-1)
+    served = _served_rows(flat, np.ascontiguousarray(dt)).reshape(rem.shape[:-1] + (1,))
+    return np.maximum(rem - served, 0.0)
+
+
+@njit(cache=True)
+def _served_rows(rows, dt):
+    out = np.empty(rows.shape[0])
+    for i in range(rows.shape[0]):
+        out[i] = ps_row_served(rows[i], dt[i])
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,10 +199,11 @@ class CostTables:
     """
 
     work_coef: np.ndarray  # s of exclusive service on the target (processor-shared)
-    serial_coef: np.ndarray  # s of device-side head compute (split), not shared
+    serial_coef: np.ndarray  # [d, g, m, s, 3] s of device-side head compute (split), not shared
     energy_coef: np.ndarray  # J on the server (device compute and radio are added per step)
     accuracy_loss: np.ndarray  # fraction (per request, not per token)
-    kv_coef: np.ndarray  # bytes of KV held on the target tier per (prompt + output) token
+    kv_coef: np.ndarray  # [d, g, m, s] KV bytes held on the target tier per (prompt + output) token
+    held_bytes: np.ndarray  # [d, g, m, s] bytes held whatever the length (local: the weights)
     up_bytes_coef: np.ndarray  # [device, target, model, split, 2]: uplink bytes per P, per O
     round_trips_coef: np.ndarray  # [model, split, 2]: round trips fixed, per output token
     cold_miss_s: np.ndarray  # [target, model, policy]: extra work of a cold expert cache
@@ -222,10 +246,11 @@ def build_cost_tables(scenario, hit_rate_fn) -> CostTables:
     ntier, npol = len(KV_TIERS), len(EXPERT_POLICIES)
     shape = (nd, nt, nm, ns, ntier, npol)
     work = np.zeros(shape + (3,))
-    serial = np.zeros(shape + (3,))
     energy = np.zeros(shape + (3,))
     acc = np.zeros(shape)
-    kv = np.zeros(shape)
+    kv = np.zeros(shape[:4])
+    held = np.zeros(shape[:4])
+    serial = np.zeros(shape[:4] + (3,))
     feasible = np.zeros(shape, dtype=bool)
     up = np.zeros((nd, nt, nm, ns, 2))
     trips = np.zeros((nm, ns, 2))
@@ -241,53 +266,59 @@ def build_cost_tables(scenario, hit_rate_fn) -> CostTables:
             else:  # every decode step crosses the split both ways (frames are pipelined)
                 trips[mi, si] = (1.0, 0.0) if m.kind == "cnn" else (1.0, 1.0)
 
+    # servers: the tail's costs do not depend on the device; evaluate once, broadcast
+    for ti, server in enumerate(servers, start=1):
+        gpu_frac, hbm_kv, dram_kv = server_memory_plan(server, models)
+        cap[:, ti] = (
+            hbm_kv,
+            dram_kv,
+            server.ssd.capacity_gb * GB if server.ssd else 0.0,
+            server.csd.capacity_gb * GB if server.csd else 0.0,
+        )
+        for mi, m in enumerate(models):
+            if server.hosted_models and m.name not in server.hosted_models:
+                continue
+            for si, sp in enumerate(m.split_points):
+                f = sp.head_fraction
+                head_fits = np.array(
+                    [si == 0 or f * m.weight_bytes <= d.mem_capacity_gb * GB for d in devices]
+                )
+                for di, dev in enumerate(devices):
+                    up[di, ti, mi, si] = _uplink_bytes(m, sp, si)
+                    serial[di, ti, mi, si] = _local_coefs(dev, m, f) if si > 0 else 0.0
+                kv[:, ti, mi, si] = (1.0 - f) * m.kv_bytes_per_token if m.kind != "cnn" else 0.0
+                for tier in range(ntier):
+                    for pi in range(npol):
+                        t = _server_coefs(server, m, 1.0 - f, tier, pi, gpu_frac, hit_rate_fn)
+                        if t is None:
+                            continue
+                        idx = (slice(None), ti, mi, si, tier, pi)
+                        feasible[idx] = head_fits
+                        work[idx] = t["time"]
+                        energy[idx] = t["energy"]
+                        acc[idx] = sp.accuracy_loss + t["accuracy"]
+                        if si == 0:
+                            hit[ti, mi, pi] = t["hit"]
+                            cold[ti, mi, pi] = t["cold"]
+    # local: whole model on the device, weights and KV in device memory, no split/tier/policy
     for di, dev in enumerate(devices):
         cap[di, 0, 0] = dev.mem_capacity_gb * GB
-        for ti, server in enumerate(servers, start=1):
-            gpu_frac, hbm_kv, dram_kv = server_memory_plan(server, models)
-            cap[di, ti] = (
-                hbm_kv,
-                dram_kv,
-                server.ssd.capacity_gb * GB if server.ssd else 0.0,
-                server.csd.capacity_gb * GB if server.csd else 0.0,
-            )
-            for mi, m in enumerate(models):
-                hosted = not server.hosted_models or m.name in server.hosted_models
-                for si, sp in enumerate(m.split_points):
-                    f = sp.head_fraction
-                    up[di, ti, mi, si] = _uplink_bytes(m, sp, si)
-                    head = _local_coefs(dev, m, f) if si > 0 else np.zeros(3)
-                    head_fits = si == 0 or f * m.weight_bytes <= dev.mem_capacity_gb * GB
-                    for tier in range(ntier):
-                        for pi in range(npol):
-                            t = _server_coefs(server, m, 1.0 - f, tier, pi, gpu_frac, hit_rate_fn)
-                            if t is None or not hosted or not head_fits:
-                                continue
-                            idx = (di, ti, mi, si, tier, pi)
-                            feasible[idx] = True
-                            work[idx] = t["time"]
-                            serial[idx] = head
-                            energy[idx] = t["energy"]
-                            acc[idx] = sp.accuracy_loss + t["accuracy"]
-                            kv[idx] = (1.0 - f) * m.kv_bytes_per_token if m.kind != "cnn" else 0.0
-                            if di == 0:
-                                hit[ti, mi, pi] = t["hit"]
-                                cold[ti, mi, pi] = t["cold"]
-        # local: whole model on the device, KV in device memory, no split / tier / policy choice
         for mi, m in enumerate(models):
-            fits = m.weight_bytes <= dev.mem_capacity_gb * GB
-            if not fits:
+            if m.weight_bytes > dev.mem_capacity_gb * GB:
                 continue
-            idx = (di, 0, mi, 0, 0, 0)
-            feasible[idx] = True
-            work[idx] = _local_coefs(dev, m, 1.0)  # device energy = time x DVFS power, in the step
-            kv[idx] = m.kv_bytes_per_token if m.kind != "cnn" else 0.0
+            feasible[di, 0, mi, 0, 0, 0] = True
+            work[di, 0, mi, 0, 0, 0] = _local_coefs(
+                dev, m, 1.0
+            )  # energy: time x DVFS power, per step
+            kv[di, 0, mi, 0] = m.kv_bytes_per_token if m.kind != "cnn" else 0.0
+            held[di, 0, mi, 0] = m.weight_bytes  # a local job holds its weights until it ends
     return CostTables(
         work_coef=work,
         serial_coef=serial,
         energy_coef=energy,
         accuracy_loss=acc,
         kv_coef=kv,
+        held_bytes=held,
         up_bytes_coef=up,
         round_trips_coef=trips,
         cold_miss_s=cold,

@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from mec_env.core import ACTION_PARTS, OffloadCore
+from mec_env.core import ACTION_PARTS, COST_NAMES, OffloadCore
 from mec_env.cost_model import EXPERT_POLICIES, KV_TIERS
 from mec_env.scenario import OBJECTIVES, load_scenario
 
@@ -17,17 +17,20 @@ __all__ = ["LLMOffloadEnv", "LLMOffloadContinuousEnv", "LLMOffloadVectorEnv"]
 INVALID_ACTION_MODES = ("fallback", "raise")
 
 
-def _check_discrete_actions(actions: np.ndarray, nvec: np.ndarray) -> np.ndarray:
+def _check_discrete_actions(actions, nvec: np.ndarray) -> np.ndarray:
     """(N, 4) int64 array, or ValueError naming the part and the value."""
     a = np.asarray(actions)
-    if a.shape[-1:] != (len(nvec),) or not (np.issubdtype(a.dtype, np.integer) or _integral(a)):
+    if a.dtype.kind not in "iu" and not _integral(a):
         raise ValueError(
-            f"action must be {len(nvec)} integers (target, split, kv_tier, expert_policy), got {actions!r}"
+            f"action must be integers (target, split, kv_tier, expert_policy), got {actions!r}"
         )
-    a = a.astype(np.int64).reshape(-1, len(nvec))
-    bad = (a < 0) | (a >= nvec)
-    if bad.any():
-        row, col = np.argwhere(bad)[0]
+    if a.shape[-1:] != (len(nvec),) or a.ndim > 2:
+        raise ValueError(
+            f"action must have shape ({len(nvec)},) or (N, {len(nvec)}), got shape {a.shape}"
+        )
+    a = a.reshape(-1, len(nvec)).astype(np.int64, copy=False)
+    if not ((a >= 0) & (a < nvec)).all():
+        row, col = np.argwhere((a < 0) | (a >= nvec))[0]
         raise ValueError(
             f"action[{col}] ({ACTION_PARTS[col]}) must be in [0, {nvec[col]}), got {a[row, col]}"
         )
@@ -72,67 +75,50 @@ class _OffloadBase:
         self.objective_units = tuple(OBJECTIVES[o] for o in self.objective_names)
         self._last: dict[str, Any] | None = None
 
-    def _info(self, i: int = 0, result=None) -> dict[str, Any]:
+    def _info(self, result=None) -> dict[str, Any]:
+        """``action_mask`` (for the next request); after a step also ``plan`` (executed),
+        ``fallback`` (bool per part), ``rejected`` and ``costs`` (latency s, energy J, cost USD,
+        accuracy loss: the positive per-request costs, all four whatever the objectives)."""
         c = self.core
-        info: dict[str, Any] = {
-            "action_mask": c.action_masks()[i],
-            "time_s": float(c.now_s[i]),
-            "request": {
-                "device": int(c.req_device[i]),
-                "model": self.scenario.models[int(c.req_model[i])].name,
-                "prompt_tokens": int(c.req_prompt[i]),
-                "output_tokens": int(c.req_output[i]),
-            },
-        }
+        info: dict[str, Any] = {"action_mask": c.masks[0].copy()}
         if result is not None:
-            info["plan"] = result.plan[i].copy()
-            info["fallback"] = {
-                p: bool(f) for p, f in zip(ACTION_PARTS, result.fallback[i], strict=True) if f
-            }
-            info["rejected"] = bool(result.rejected[i])
-            info["costs"] = dict(
-                zip(
-                    ("latency_s", "energy_j", "cost_usd", "accuracy_loss"),
-                    map(float, result.costs[i]),
-                    strict=True,
-                )
-            )
+            info["plan"] = result.plan[0].copy()
+            info["fallback"] = result.fallback[0].copy()
+            info["rejected"] = bool(result.rejected[0])
+            info["costs"] = result.costs[0].copy()
         return info
 
     def _enforce_masks(self, a: np.ndarray) -> None:
         if self.invalid_action != "raise":
             return
-        masks = (
-            self.core.mask_target,
-            self.core.mask_split,
-            self.core.mask_tier,
-            self.core.mask_policy,
-        )
-        for part, (mask, value) in enumerate(zip(masks, a[0], strict=True)):
-            if not mask[0, value]:
+        for part in range(len(ACTION_PARTS)):
+            mask = self.core.part_mask(part)[0]
+            if not mask[a[0, part]]:
                 raise ValueError(
-                    f"action[{part}] ({ACTION_PARTS[part]}) = {value} is masked for this request "
-                    f"(open: {np.flatnonzero(mask[0]).tolist()})"
+                    f"action[{part}] ({ACTION_PARTS[part]}) = {a[0, part]} is masked for this request "
+                    f"(open: {np.flatnonzero(mask).tolist()})"
                 )
 
     def _render_text(self, i: int = 0) -> str:
         c, sc = self.core, self.scenario
-        m = sc.models[int(c.req_model[i])]
+        m = sc.models[int(c.req[i, 1])]
         lines = [
-            f"t={c.now_s[i]:.2f}s request {int(c.t[i])}/{sc.episode_requests}: device {int(c.req_device[i])} "
-            f"({sc.devices[int(c.req_device[i])].name}) asks {m.name} ({m.kind}) prompt={int(c.req_prompt[i])} "
-            f"output={int(c.req_output[i])}",
+            f"t={c.now_s[i]:.2f}s request {int(c.t[i])}/{sc.episode_requests}: device {int(c.req[i, 0])} "
+            f"({sc.devices[int(c.req[i, 0])].name}) asks {m.name} ({m.kind}) prompt={int(c.req[i, 2])} "
+            f"output={int(c.req[i, 3])}",
         ]
         if self._last is not None:
             plan = self._last["plan"]
+            costs = dict(zip(COST_NAMES, self._last["costs"], strict=True))
+            replaced = [p for p, f in zip(ACTION_PARTS, self._last["fallback"], strict=True) if f]
             split = sc.models[self._last["model"]].split_points
             split_name = split[plan[1]].name if plan[1] < len(split) else str(plan[1])
             target = "local" if plan[0] == 0 else sc.servers[plan[0] - 1].name
             lines.append(
-                f"last plan ({sc.models[self._last['model']].name}): target={target} split={split_name} kv={KV_TIERS[plan[2]]} experts={EXPERT_POLICIES[plan[3]]}"
-                f" -> "
-                + ", ".join(f"{k}={v:.4g}" for k, v in self._last["costs"].items())
-                + (f" fallback={sorted(self._last['fallback'])}" if self._last["fallback"] else "")
+                f"last plan ({sc.models[self._last['model']].name}): target={target} split={split_name} "
+                f"kv={KV_TIERS[plan[2]]} experts={EXPERT_POLICIES[plan[3]]} -> "
+                + ", ".join(f"{k}={v:.4g}" for k, v in costs.items())
+                + (f" fallback={replaced}" if replaced else "")
             )
         for j, server in enumerate(sc.servers):
             rem = c.remaining_s[i, j]
@@ -233,27 +219,29 @@ class LLMOffloadEnv(_OffloadBase, gym.Env):
         super().reset(seed=seed)
         self.core.reset(self.np_random)
         self._last = None
-        return self.core.observe()[0], self._info()
+        return self.core.obs[0].copy(), self._info()
 
-    def _step(self, a: np.ndarray, **knobs):
+    def _step(self, a: np.ndarray, knobs: np.ndarray | None = None):
         self._enforce_masks(a)
-        model = int(self.core.req_model[0])
-        result = self.core.step(a, self.np_random, **knobs)
-        info = self._info(0, result)
-        self._last = {
-            "plan": result.plan[0],
-            "model": model,
-            "costs": info["costs"],
-            "fallback": info["fallback"],
-        }
-        return self.core.observe()[0], result.reward[0], False, bool(result.truncated[0]), info
+        model = int(self.core.req[0, 1])
+        result = self.core.step(a, self.np_random, knobs)
+        info = self._info(result)
+        if self.render_mode is not None:
+            self._last = {
+                "plan": info["plan"],
+                "model": model,
+                "costs": info["costs"],
+                "fallback": info["fallback"],
+            }
+        obs, reward = self.core.obs[0].copy(), result.reward[0].copy()
+        return obs, reward, False, bool(result.truncated[0]), info
 
     def step(self, action):
         return self._step(_check_discrete_actions(action, self.core.nvec))
 
     def action_masks(self) -> np.ndarray:
         """Concatenated per-part masks (sb3-contrib MaskablePPO's MultiDiscrete format)."""
-        return self.core.action_masks()[0]
+        return self.core.masks[0].copy()
 
     def render(self):
         if self.render_mode == "ansi":
@@ -287,8 +275,8 @@ class LLMOffloadContinuousEnv(LLMOffloadEnv):
         self.slices = np.cumsum([0, n[0], n[1], n[2], n[3], 1, 1])
         self.action_space = spaces.Box(-1.0, 1.0, (int(self.slices[-1]),), np.float32)
 
-    def decode(self, action: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """The plan (1, 4) and the continuous knobs that ``action`` stands for."""
+    def decode(self, action: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The plan (1, 4) and the knobs (1, 6): frequency ratio, transmit power W, KV shares."""
         a = np.asarray(action, dtype=np.float64)
         if a.shape != self.action_space.shape or not np.all(np.isfinite(a)):
             raise ValueError(
@@ -298,7 +286,7 @@ class LLMOffloadContinuousEnv(LLMOffloadEnv):
             i = int(np.argmax(np.abs(a)))
             raise ValueError(f"action[{i}] must be in [-1, 1], got {a[i]}")
         c, sl = self.core, self.slices
-        masks = (c.mask_target[0], c.mask_split[0], c.mask_tier[0], c.mask_policy[0])
+        masks = [c.part_mask(i)[0] for i in range(len(ACTION_PARTS))]
         plan = np.array(
             [
                 [
@@ -310,20 +298,16 @@ class LLMOffloadContinuousEnv(LLMOffloadEnv):
         tiers = a[sl[2] : sl[3]]
         share = np.exp(
             4.0 * (tiers - tiers.max())
-        )  # temperature 1/4: a ~1 gap puts ~98 % on one tier
-        dev = self.scenario.devices[int(c.req_device[0])]
+        )  # temperature 1/4: a gap of 1 puts ~98 % on one tier
+        dev = self.scenario.devices[int(c.req[0, 0])]
         tx = max(0.01, (a[sl[4]] + 1.0) / 2.0) * dev.tx_power_max_w
         ghz = dev.freq_min_ghz + (a[sl[5]] + 1.0) / 2.0 * (dev.freq_max_ghz - dev.freq_min_ghz)
-        knobs = {
-            "tier_fraction": share[None, :],
-            "tx_power_w": np.array([tx]),
-            "freq_ratio": np.array([ghz / dev.freq_max_ghz]),
-        }
+        knobs = np.concatenate([[ghz / dev.freq_max_ghz, tx], share / share.sum()])[None, :]
         return plan, knobs
 
     def step(self, action):
         plan, knobs = self.decode(action)
-        return self._step(plan, **knobs)
+        return self._step(plan, knobs)
 
 
 class LLMOffloadVectorEnv(gym.vector.VectorEnv):
@@ -367,6 +351,7 @@ class LLMOffloadVectorEnv(gym.vector.VectorEnv):
         self.reward_dim = self._base.reward_dim
         self.objective_names = self._base.objective_names
         self._autoreset = np.zeros(self.num_envs, dtype=bool)
+        self._terminated = np.zeros(self.num_envs, dtype=bool)  # episodes never terminate
         self._rng = np.random.default_rng()
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -374,43 +359,45 @@ class LLMOffloadVectorEnv(gym.vector.VectorEnv):
             self._rng = np.random.default_rng(seed)
         self.core.reset(self._rng)
         self._autoreset[:] = False
-        return self.core.observe(), {"action_mask": self.core.action_masks()}
+        return self.core.obs.copy(), {"action_mask": self.core.masks.copy()}
 
     def step(self, actions):
         a = _check_discrete_actions(actions, self.core.nvec)
         if a.shape[0] != self.num_envs:
             raise ValueError(f"actions must have {self.num_envs} rows, got {a.shape[0]}")
         if self.invalid_action_raise:
-            masks = self.core.action_masks()
-            offsets = np.concatenate([[0], np.cumsum(self.core.nvec)[:-1]])
-            bad = ~masks[np.arange(self.num_envs)[:, None], a + offsets] & ~self._autoreset[:, None]
+            offsets = self.core.mask_offsets[:-1]
+            bad = (
+                ~self.core.masks[np.arange(self.num_envs)[:, None], a + offsets]
+                & ~self._autoreset[:, None]
+            )
             if bad.any():
                 row, col = np.argwhere(bad)[0]
                 raise ValueError(
                     f"actions[{row}, {col}] ({ACTION_PARTS[col]}) = {a[row, col]} is masked"
                 )
         result = self.core.step(a, self._rng)
-        reward = result.reward
+        reward = result.reward.copy()
+        truncated = result.truncated
         if self._autoreset.any():
             reward[self._autoreset] = 0.0
-            result.truncated[self._autoreset] = False
+            truncated[self._autoreset] = False
             self.core.reset(self._rng, self._autoreset)
-        self._autoreset = result.truncated.copy()
-        terminated = np.zeros(self.num_envs, dtype=bool)
+        self._autoreset = truncated.copy()
         info = {
-            "action_mask": self.core.action_masks(),
-            "costs": result.costs,
-            "plan": result.plan,
-            "fallback": result.fallback,
+            "action_mask": self.core.masks.copy(),
+            "costs": result.costs.copy(),
+            "plan": result.plan.copy(),
+            "fallback": result.fallback.copy(),
         }
-        return self.core.observe(), reward, terminated, result.truncated, info
+        return self.core.obs.copy(), reward, self._terminated.copy(), truncated, info
 
     @property
     def invalid_action_raise(self) -> bool:
         return self._base.invalid_action == "raise"
 
     def action_masks(self) -> np.ndarray:
-        return self.core.action_masks()
+        return self.core.masks.copy()
 
     def render(self):
         if self.render_mode == "ansi":

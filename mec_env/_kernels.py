@@ -1,0 +1,372 @@
+"""Compiled (numba) loops of :class:`mec_env.core.OffloadCore`: one step for N envs per call.
+
+Every function loops over the leading environment axis inside compiled code, so the single env
+(N = 1) and the vector env (N = 256) run the same code with no per-step Python loops or
+allocations. The formulas are those of :mod:`mec_env.cost_model` (processor sharing comes from
+there as compiled row functions; the coefficient tables are built there too).
+
+Arrays are grouped to keep the call cheap (numba pays per argument); the ``*_F``/``*_I``
+constants below name the columns. Index names: n env, d device, g target (0 = local, j = server
+j - 1), m model, s split, k KV tier, p expert policy, r resource row (servers first, then one row
+per device), q slot.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from mec_env.cost_model import ps_row_own_added, ps_row_served
+
+# fp: scalar parameters
+FP_BANDWIDTH_HZ, FP_NOISE_W, FP_MIN_RATE_BPS, FP_PENALTY_S, FP_HIST_MAX_S, FP_EPISODE = range(6)
+NUM_FP = 6
+# plan_coef[d, g, m, s, k, p, :]: work (3), server energy (3), accuracy loss
+PC_WORK, PC_ENERGY, PC_ACCURACY = 0, 3, 6
+# split_coef[d, g, m, s, :]: uplink bytes per prompt token, per output token; KV bytes per token;
+# bytes held whatever the length (a local job's weights)
+SC_UP_P, SC_UP_O, SC_KV, SC_HELD = 0, 1, 2, 3
+# dg[d, g, :]: wired bottleneck bps, round trip s, then capacity bytes per tier
+DG_WIRED_BPS, DG_RTT_S, DG_CAP = 0, 1, 2
+# dev_f[d, :]: tx power W, static W, dynamic W, full battery J, then observation features (2)
+DV_TX_W, DV_STATIC_W, DV_DYNAMIC_W, DV_BATTERY_J, DV_FEAT = 0, 1, 2, 3, 4
+# model_f[m, :]: observation features (6), is MoE, number of split points
+MF_FEAT, MF_IS_MOE, MF_SPLITS = 0, 6, 7
+NUM_MODEL_FEAT = 6
+# tgt_f[g, :]: price USD/s, GPU busy power W
+TG_PRICE, TG_BUSY_W = 0, 1
+# srv_f[j, :]: present, cloud, (open), log flops, hbm; then capacity per tier (4), hosts model (M)
+SV_CAP = 5
+# env_f[n, :]: clock s, channel gain of the current request, then rate to each target (bps)
+EF_NOW, EF_GAIN, EF_RATE = 0, 1, 2
+# flags[n, :]
+FL_REJECTING, FL_REJECTED, FL_TRUNCATED = 0, 1, 2
+# counters[n, :]
+CT_T, CT_POS = 0, 1
+NUM_REQUEST_FEATURES = NUM_MODEL_FEAT + 9
+FINISHED_S = 1e-9  # remaining work below a nanosecond counts as done (rounding of the subtraction)
+NUM_SERVER_FIXED = 14  # per server row, besides the histogram bins
+
+
+@njit(cache=True)
+def _wireless_bps(fp, tx_w, gain):
+    rate = fp[FP_BANDWIDTH_HZ] * math.log2(1.0 + tx_w * gain / fp[FP_NOISE_W])
+    return max(rate, fp[FP_MIN_RATE_BPS])
+
+
+@njit(cache=True)
+def _any(row):
+    for i in range(row.shape[0]):
+        if row[i]:
+            return True
+    return False
+
+
+@njit(cache=True)
+def _first_true(row):
+    for i in range(row.shape[0]):
+        if row[i]:
+            return i
+    return 0
+
+
+@njit(cache=True)
+def _advance(n, fp, blk_f, counters, env_f, remaining, kv_bytes, used, busy):
+    """Move env n's clock to its next arrival with exact processor sharing on every row."""
+    dt = blk_f[n, counters[n, CT_POS], 0]
+    env_f[n, EF_NOW] += dt
+    R = remaining.shape[2]
+    K = kv_bytes.shape[3]
+    for r in range(remaining.shape[1]):
+        if busy[n, r] == 0:
+            continue
+        served = ps_row_served(remaining[n, r], dt)
+        for q in range(R - busy[n, r], R):  # busy jobs sit at the end of the sorted row
+            w = remaining[n, r, q] - served
+            if w <= FINISHED_S:
+                w = 0.0
+                busy[n, r] -= 1
+                for k in range(K):
+                    used[n, r, k] -= kv_bytes[n, r, q, k]
+                    kv_bytes[n, r, q, k] = 0.0
+            remaining[n, r, q] = w
+        if busy[n, r] == 0:
+            for k in range(K):
+                used[n, r, k] = 0.0  # no rounding residue on an empty row
+
+
+@njit(cache=True)
+def _prepare(
+    n, fp, blk_f, blk_i, counters, req, env_f, remaining, used, busy, cache_model, battery,
+    dg, res_of_target, split_coef, feas_split, feas_tp, model_f, dev_f, srv_f, slots,
+    ok_st, ok_p, masks, flags, free, obs,
+):  # fmt: skip
+    """Expose env n's next request, its masks and its observation."""
+    G = ok_st.shape[1]
+    NS = ok_st.shape[2]
+    K = ok_st.shape[3]
+    NP = ok_p.shape[2]
+    S = G - 1
+    pos = counters[n, CT_POS]
+    d = blk_i[n, pos, 0]
+    m = blk_i[n, pos, 1]
+    req[n, 0] = d
+    req[n, 1] = m
+    req[n, 2] = blk_i[n, pos, 2]
+    req[n, 3] = blk_i[n, pos, 3]
+    gain = blk_f[n, pos, 1]
+    env_f[n, EF_GAIN] = gain
+    tokens = float(req[n, 2] + req[n, 3])
+    wireless = _wireless_bps(fp, dev_f[d, DV_TX_W], gain)
+    n_splits = int(model_f[m, MF_SPLITS])
+    o_split = G
+    o_tier = G + NS
+    o_pol = G + NS + K
+    for j in range(masks.shape[1]):
+        masks[n, j] = False
+    any_target = False
+    for g in range(G):
+        env_f[n, EF_RATE + g] = math.inf if g == 0 else min(wireless, dg[d, g, DG_WIRED_BPS])
+        r = res_of_target[d, g]
+        for k in range(K):
+            free[n, g, k] = dg[d, g, DG_CAP + k] - used[n, r, k]
+        slot_ok = busy[n, r] < slots[r]
+        st_any = False
+        for s in range(NS):
+            for k in range(K):
+                ok_st[n, g, s, k] = False
+            if s >= n_splits or not (slot_ok and feas_split[d, g, m, s]):
+                continue
+            need = split_coef[d, g, m, s, SC_KV] * tokens + split_coef[d, g, m, s, SC_HELD]
+            for k in range(K):
+                ok = feas_tp[g, m, k] and need <= free[n, g, k]
+                ok_st[n, g, s, k] = ok
+                st_any = st_any or ok
+        p_any = False
+        for p in range(NP):
+            ok_p[n, g, p] = feas_tp[g, m, K + p]
+            p_any = p_any or ok_p[n, g, p]
+        if st_any and p_any:  # open target: open its parts too (factorised masks)
+            masks[n, g] = True
+            any_target = True
+            for s in range(NS):
+                for k in range(K):
+                    if ok_st[n, g, s, k]:
+                        masks[n, o_split + s] = True
+                        masks[n, o_tier + k] = True
+            for p in range(NP):
+                if ok_p[n, g, p]:
+                    masks[n, o_pol + p] = True
+    flags[n, FL_REJECTING] = not any_target
+    if not any_target:  # documented: only action 0 stays open; the step rejects
+        masks[n, 0] = True
+        masks[n, o_split] = True
+        masks[n, o_tier] = True
+        masks[n, o_pol] = True
+    # ---- observation (layout: LLMOffloadEnv's card; core.REQUEST_FEATURES / SERVER_FEATURES)
+    for j in range(obs.shape[1]):
+        obs[n, j] = 0.0
+    for j in range(NUM_MODEL_FEAT):
+        obs[n, j] = model_f[m, MF_FEAT + j]
+    o = NUM_MODEL_FEAT
+    local_row = res_of_target[d, 0]
+    obs[n, o + 0] = math.log2(req[n, 2] + 1.0) / 21.0
+    obs[n, o + 1] = math.log2(req[n, 3] + 1.0) / 21.0
+    obs[n, o + 2] = dev_f[d, DV_FEAT]
+    obs[n, o + 3] = dev_f[d, DV_FEAT + 1]
+    obs[n, o + 4] = battery[n, d] / dev_f[d, DV_BATTERY_J]
+    obs[n, o + 5] = busy[n, local_row] / slots[local_row]
+    obs[n, o + 6] = 1.0 if (masks[n, 0] and any_target) else 0.0
+    obs[n, o + 7] = min(counters[n, CT_T] / fp[FP_EPISODE], 1.0)
+    obs[n, o + 8] = math.log10(wireless) / 11.0
+    B = (obs.shape[1] - NUM_REQUEST_FEATURES) // S - NUM_SERVER_FIXED
+    per = NUM_SERVER_FIXED + B
+    hist_scale = B / fp[FP_HIST_MAX_S]
+    R = remaining.shape[2]
+    for j in range(S):
+        if srv_f[j, 0] == 0.0:
+            continue  # padded row stays zero
+        base = NUM_REQUEST_FEATURES + j * per
+        g = j + 1
+        for f in range(5):
+            obs[n, base + f] = srv_f[j, f]
+        obs[n, base + 2] = 1.0 if (masks[n, g] and any_target) else 0.0
+        obs[n, base + 5] = math.log10(min(env_f[n, EF_RATE + g], 1e11)) / 11.0
+        obs[n, base + 6] = dg[d, g, DG_RTT_S] * 100.0
+        obs[n, base + 7] = busy[n, j] / slots[j]
+        for q in range(R - busy[n, j], R):
+            b = min(int(remaining[n, j, q] * hist_scale), B - 1)
+            obs[n, base + 8 + b] += 1.0 / slots[j]
+        for k in range(K):
+            cap = srv_f[j, SV_CAP + k]
+            obs[n, base + 8 + B + k] = free[n, g, k] / cap if cap > 0 else 0.0
+        obs[n, base + 12 + B] = srv_f[j, SV_CAP + K + m]
+        obs[n, base + 13 + B] = 1.0 if cache_model[n, j] == m else 0.0
+    for j in range(obs.shape[1]):
+        obs[n, j] = min(max(obs[n, j], 0.0), 1.0)
+
+
+@njit(cache=True)
+def prepare(
+    n_idx, fp, blk_f, blk_i, counters, req, env_f, remaining, kv_bytes, used, busy, cache_model,
+    battery, dg, res_of_target, split_coef, feas_split, feas_tp, model_f, dev_f, srv_f, slots,
+    ok_st, ok_p, masks, flags, free, obs, advance_first,
+):  # fmt: skip
+    """Advance (optionally) and prepare the envs ``n_idx`` (after a reset or a refill)."""
+    for i in range(n_idx.shape[0]):
+        n = n_idx[i]
+        if advance_first:
+            _advance(n, fp, blk_f, counters, env_f, remaining, kv_bytes, used, busy)
+        _prepare(
+            n, fp, blk_f, blk_i, counters, req, env_f, remaining, used, busy, cache_model, battery,
+            dg, res_of_target, split_coef, feas_split, feas_tp, model_f, dev_f, srv_f, slots,
+            ok_st, ok_p, masks, flags, free, obs,
+        )  # fmt: skip
+
+
+@njit(cache=True)
+def step(
+    actions, knobs, blk_size, fp, blk_f, blk_i, counters, req, env_f, remaining, kv_bytes, used,
+    busy, cache_model, battery, dg, res_of_target, plan_coef, head_coef, split_coef, trips, cold_s,
+    feas_split, feas_tp, model_f, dev_f, srv_f, tgt_f, slots, updates_cache, objective_index,
+    ok_st, ok_p, masks, flags, free, obs, costs, plan, fallback, reward,
+):  # fmt: skip
+    """One decision for every env: fallback of masked parts, costs, processor sharing,
+    placement, then the clock to the next arrival and that request's masks and observation.
+
+    ``knobs[n]``: device frequency ratio, transmit power W (<= 0: the device default), then the
+    KV share per tier (a negative first share: all on the action's tier).
+    Returns True when some env has used up its block of requests: those envs are left before
+    the advance (the caller refills their block and calls :func:`prepare` with advance).
+    """
+    N = actions.shape[0]
+    G = ok_st.shape[1]
+    K = ok_st.shape[3]
+    R = remaining.shape[2]
+    frac = np.zeros(K)
+    refill = False
+    for n in range(N):
+        d, m = req[n, 0], req[n, 1]
+        P, O = float(req[n, 2]), float(req[n, 3])
+        C = O * P + O * (O - 1.0) / 2.0  # context tokens summed over the decode steps
+        rej = flags[n, FL_REJECTING]
+        g, s, k, p = actions[n, 0], actions[n, 1], actions[n, 2], actions[n, 3]
+        for j in range(4):
+            fallback[n, j] = False
+        # ---- documented fallback of masked parts
+        if rej:
+            g = 0
+        elif not masks[n, g]:
+            fallback[n, 0] = True
+            g = _first_true(masks[n, :G])
+        if not _any(ok_st[n, g, s]):
+            fallback[n, 1] = not rej
+            s = 0
+            for ss in range(ok_st.shape[2]):
+                if _any(ok_st[n, g, ss]):
+                    s = ss
+                    break
+        if not ok_st[n, g, s, k]:
+            fallback[n, 2] = not rej
+            k = _first_true(ok_st[n, g, s])
+        if not ok_p[n, g, p]:
+            fallback[n, 3] = not rej
+            p = _first_true(ok_p[n, g])
+        # ---- knobs: KV share over the tiers open for (g, s), frequency, transmit power
+        if knobs[n, 2] < 0.0:
+            for kk in range(K):
+                frac[kk] = 1.0 if kk == k else 0.0
+        else:
+            total = 0.0
+            for kk in range(K):
+                frac[kk] = max(knobs[n, 2 + kk], 0.0) if ok_st[n, g, s, kk] else 0.0
+                total += frac[kk]
+            best = k
+            for kk in range(K):
+                frac[kk] = frac[kk] / total if total > 0.0 else (1.0 if kk == k else 0.0)
+                if frac[kk] > frac[best]:
+                    best = kk
+            k = best  # the plan reports the tier holding the largest share
+        plan[n, 0], plan[n, 1], plan[n, 2], plan[n, 3] = g, s, k, p
+        freq = knobs[n, 0]
+        tx = knobs[n, 1] if knobs[n, 1] > 0.0 else dev_f[d, DV_TX_W]
+        local = g == 0
+        # ---- exclusive work on the target; tiers scan their KV share in parallel
+        work = 0.0
+        attn = 0.0
+        server_j = 0.0
+        for kk in range(K):
+            f = frac[kk]
+            if f > 0.0:
+                c = plan_coef[d, g, m, s, kk, p]
+                work += f * (c[PC_WORK] * P + c[PC_WORK + 1] * O)
+                attn = max(attn, f * c[PC_WORK + 2])
+                server_j += f * (c[PC_ENERGY] * P + c[PC_ENERGY + 1] * O + c[PC_ENERGY + 2] * C)
+        work += attn * C
+        if local:
+            work /= freq
+        cold = 0.0
+        if model_f[m, MF_IS_MOE] > 0 and not local and cache_model[n, g - 1] != m:
+            cold = cold_s[g, m, p]
+        work += cold
+        server_j += cold * tgt_f[g, TG_BUSY_W]
+        c = plan_coef[d, g, m, s, k, p]
+        h = head_coef[d, g, m, s]
+        head = (h[0] * P + h[1] * O + h[2] * C) / freq
+        dev_power = dev_f[d, DV_STATIC_W] + dev_f[d, DV_DYNAMIC_W] * freq * freq * freq  # DVFS
+        # ---- network
+        up_s = 0.0
+        net_s = 0.0
+        if not local:
+            rate = min(_wireless_bps(fp, tx, env_f[n, EF_GAIN]), dg[d, g, DG_WIRED_BPS])
+            up_s = (
+                (split_coef[d, g, m, s, SC_UP_P] * P + split_coef[d, g, m, s, SC_UP_O] * O)
+                * 8.0
+                / rate
+            )
+            net_s = up_s + (trips[m, s, 0] + trips[m, s, 1] * O) * dg[d, g, DG_RTT_S]
+        device_j = (work if local else head) * dev_power + up_s * tx
+        # ---- processor sharing on the target's resource row
+        r = res_of_target[d, g]
+        own, added = ps_row_own_added(remaining[n, r], work)
+        if rej:
+            costs[n, 0], costs[n, 1], costs[n, 2], costs[n, 3] = fp[FP_PENALTY_S], 0.0, 0.0, 0.0
+        else:
+            costs[n, 0] = own + added + head + net_s
+            costs[n, 1] = (0.0 if local else server_j) + device_j
+            costs[n, 2] = work * tgt_f[g, TG_PRICE]
+            costs[n, 3] = c[PC_ACCURACY]
+            # place: the row is sorted ascending with empties first and has a free slot (mask)
+            kv_total = split_coef[d, g, m, s, SC_KV] * (P + O) + split_coef[d, g, m, s, SC_HELD]
+            q = 0
+            while q + 1 < R and remaining[n, r, q + 1] < work:
+                remaining[n, r, q] = remaining[n, r, q + 1]
+                for kk in range(K):
+                    kv_bytes[n, r, q, kk] = kv_bytes[n, r, q + 1, kk]
+                q += 1
+            remaining[n, r, q] = work
+            busy[n, r] += 1
+            for kk in range(K):
+                kv_bytes[n, r, q, kk] = kv_total * frac[kk]
+                used[n, r, kk] += kv_total * frac[kk]
+            if model_f[m, MF_IS_MOE] > 0 and not local and updates_cache[p]:
+                cache_model[n, g - 1] = m
+            battery[n, d] = max(battery[n, d] - device_j, 0.0)
+        for j in range(objective_index.shape[0]):
+            reward[n, j] = -costs[n, objective_index[j]]
+        flags[n, FL_REJECTED] = rej
+        counters[n, CT_T] += 1
+        counters[n, CT_POS] += 1
+        flags[n, FL_TRUNCATED] = counters[n, CT_T] >= fp[FP_EPISODE]
+        if counters[n, CT_POS] >= blk_size:
+            refill = True
+            continue
+        _advance(n, fp, blk_f, counters, env_f, remaining, kv_bytes, used, busy)
+        _prepare(
+            n, fp, blk_f, blk_i, counters, req, env_f, remaining, used, busy, cache_model, battery,
+            dg, res_of_target, split_coef, feas_split, feas_tp, model_f, dev_f, srv_f, slots,
+            ok_st, ok_p, masks, flags, free, obs,
+        )  # fmt: skip
+    return refill
