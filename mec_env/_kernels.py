@@ -22,7 +22,8 @@ from mec_env.cost_model import ps_row_own_added, ps_row_served
 
 # fp: scalar parameters
 FP_BANDWIDTH_HZ, FP_NOISE_W, FP_MIN_RATE_BPS, FP_PENALTY_S, FP_HIST_MAX_S, FP_EPISODE = range(6)
-NUM_FP = 6
+FP_NUM_SERVERS = 6
+NUM_FP = 7
 # plan_coef[d, g, m, s, k, p, :]: work (3), server energy (3), accuracy loss
 PC_WORK, PC_ENERGY, PC_ACCURACY = 0, 3, 6
 # split_coef[d, g, m, s, :]: uplink bytes per prompt token, per output token; KV bytes per token;
@@ -82,7 +83,7 @@ def _advance(n, fp, blk_f, counters, env_f, remaining, kv_bytes, used, busy):
     for r in range(remaining.shape[1]):
         if busy[n, r] == 0:
             continue
-        served = ps_row_served(remaining[n, r], dt)
+        served = ps_row_served(remaining[n, r, R - busy[n, r] :], dt)
         for q in range(R - busy[n, r], R):  # busy jobs sit at the end of the sorted row
             w = remaining[n, r, q] - served
             if w <= FINISHED_S:
@@ -124,88 +125,91 @@ def _prepare(
     o_split = G
     o_tier = G + NS
     o_pol = G + NS + K
-    for j in range(masks.shape[1]):
-        masks[n, j] = False
+    mask = masks[n]
+    mask[:] = False
     any_target = False
-    for g in range(G):
+    G_real = 1 + int(fp[FP_NUM_SERVERS])  # padded server rows never change: always masked
+    fs = feas_split[d]
+    kvc = split_coef[d]
+    for g in range(G_real):
         env_f[n, EF_RATE + g] = math.inf if g == 0 else min(wireless, dg[d, g, DG_WIRED_BPS])
         r = res_of_target[d, g]
+        fr = free[n, g]
         for k in range(K):
-            free[n, g, k] = dg[d, g, DG_CAP + k] - used[n, r, k]
-        slot_ok = busy[n, r] < slots[r]
+            fr[k] = dg[d, g, DG_CAP + k] - used[n, r, k]
+        st = ok_st[n, g]
+        st[:, :] = False
+        ftp = feas_tp[g, m]
         st_any = False
-        for s in range(NS):
-            for k in range(K):
-                ok_st[n, g, s, k] = False
-            if s >= n_splits or not (slot_ok and feas_split[d, g, m, s]):
-                continue
-            need = split_coef[d, g, m, s, SC_KV] * tokens + split_coef[d, g, m, s, SC_HELD]
-            for k in range(K):
-                ok = feas_tp[g, m, k] and need <= free[n, g, k]
-                ok_st[n, g, s, k] = ok
-                st_any = st_any or ok
+        if busy[n, r] < slots[r]:
+            for s in range(n_splits):
+                if not fs[g, m, s]:
+                    continue
+                need = kvc[g, m, s, SC_KV] * tokens + kvc[g, m, s, SC_HELD]
+                for k in range(K):
+                    if ftp[k] and need <= fr[k]:
+                        st[s, k] = True
+                        st_any = True
+        op = ok_p[n, g]
         p_any = False
         for p in range(NP):
-            ok_p[n, g, p] = feas_tp[g, m, K + p]
-            p_any = p_any or ok_p[n, g, p]
+            op[p] = ftp[K + p]
+            p_any = p_any or op[p]
         if st_any and p_any:  # open target: open its parts too (factorised masks)
-            masks[n, g] = True
+            mask[g] = True
             any_target = True
-            for s in range(NS):
+            for s in range(n_splits):
                 for k in range(K):
-                    if ok_st[n, g, s, k]:
-                        masks[n, o_split + s] = True
-                        masks[n, o_tier + k] = True
+                    if st[s, k]:
+                        mask[o_split + s] = True
+                        mask[o_tier + k] = True
             for p in range(NP):
-                if ok_p[n, g, p]:
-                    masks[n, o_pol + p] = True
+                if op[p]:
+                    mask[o_pol + p] = True
     flags[n, FL_REJECTING] = not any_target
     if not any_target:  # documented: only action 0 stays open; the step rejects
         masks[n, 0] = True
         masks[n, o_split] = True
         masks[n, o_tier] = True
         masks[n, o_pol] = True
-    # ---- observation (layout: LLMOffloadEnv's card; core.REQUEST_FEATURES / SERVER_FEATURES)
-    for j in range(obs.shape[1]):
-        obs[n, j] = 0.0
+    # ---- observation (layout: LLMOffloadEnv's card; core.REQUEST_FEATURES / SERVER_FEATURES);
+    # every entry is in [0, 1] by construction except those clipped explicitly
     for j in range(NUM_MODEL_FEAT):
         obs[n, j] = model_f[m, MF_FEAT + j]
     o = NUM_MODEL_FEAT
     local_row = res_of_target[d, 0]
-    obs[n, o + 0] = math.log2(req[n, 2] + 1.0) / 21.0
-    obs[n, o + 1] = math.log2(req[n, 3] + 1.0) / 21.0
+    obs[n, o + 0] = min(math.log2(req[n, 2] + 1.0) / 21.0, 1.0)
+    obs[n, o + 1] = min(math.log2(req[n, 3] + 1.0) / 21.0, 1.0)
     obs[n, o + 2] = dev_f[d, DV_FEAT]
     obs[n, o + 3] = dev_f[d, DV_FEAT + 1]
     obs[n, o + 4] = battery[n, d] / dev_f[d, DV_BATTERY_J]
     obs[n, o + 5] = busy[n, local_row] / slots[local_row]
     obs[n, o + 6] = 1.0 if (masks[n, 0] and any_target) else 0.0
     obs[n, o + 7] = min(counters[n, CT_T] / fp[FP_EPISODE], 1.0)
-    obs[n, o + 8] = math.log10(wireless) / 11.0
+    obs[n, o + 8] = min(math.log10(wireless) / 11.0, 1.0)
     B = (obs.shape[1] - NUM_REQUEST_FEATURES) // S - NUM_SERVER_FIXED
     per = NUM_SERVER_FIXED + B
     hist_scale = B / fp[FP_HIST_MAX_S]
     R = remaining.shape[2]
-    for j in range(S):
-        if srv_f[j, 0] == 0.0:
-            continue  # padded row stays zero
+    for j in range(G_real - 1):  # padded rows stay zero
         base = NUM_REQUEST_FEATURES + j * per
         g = j + 1
         for f in range(5):
             obs[n, base + f] = srv_f[j, f]
         obs[n, base + 2] = 1.0 if (masks[n, g] and any_target) else 0.0
-        obs[n, base + 5] = math.log10(min(env_f[n, EF_RATE + g], 1e11)) / 11.0
-        obs[n, base + 6] = dg[d, g, DG_RTT_S] * 100.0
+        obs[n, base + 5] = min(math.log10(min(env_f[n, EF_RATE + g], 1e11)) / 11.0, 1.0)
+        obs[n, base + 6] = min(dg[d, g, DG_RTT_S] * 100.0, 1.0)
         obs[n, base + 7] = busy[n, j] / slots[j]
+        for b in range(B):
+            obs[n, base + 8 + b] = 0.0
         for q in range(R - busy[n, j], R):
             b = min(int(remaining[n, j, q] * hist_scale), B - 1)
             obs[n, base + 8 + b] += 1.0 / slots[j]
         for k in range(K):
             cap = srv_f[j, SV_CAP + k]
-            obs[n, base + 8 + B + k] = free[n, g, k] / cap if cap > 0 else 0.0
+            obs[n, base + 8 + B + k] = min(max(free[n, g, k] / cap, 0.0), 1.0) if cap > 0 else 0.0
         obs[n, base + 12 + B] = srv_f[j, SV_CAP + K + m]
         obs[n, base + 13 + B] = 1.0 if cache_model[n, j] == m else 0.0
-    for j in range(obs.shape[1]):
-        obs[n, j] = min(max(obs[n, j], 0.0), 1.0)
 
 
 @njit(cache=True)
@@ -228,7 +232,7 @@ def prepare(
 
 @njit(cache=True)
 def step(
-    actions, knobs, blk_size, fp, blk_f, blk_i, counters, req, env_f, remaining, kv_bytes, used,
+    actions, nvec, knobs, blk_size, fp, blk_f, blk_i, counters, req, env_f, remaining, kv_bytes, used,
     busy, cache_model, battery, dg, res_of_target, plan_coef, head_coef, split_coef, trips, cold_s,
     feas_split, feas_tp, model_f, dev_f, srv_f, tgt_f, slots, updates_cache, objective_index,
     ok_st, ok_p, masks, flags, free, obs, costs, plan, fallback, reward,
@@ -238,15 +242,20 @@ def step(
 
     ``knobs[n]``: device frequency ratio, transmit power W (<= 0: the device default), then the
     KV share per tier (a negative first share: all on the action's tier).
-    Returns True when some env has used up its block of requests: those envs are left before
-    the advance (the caller refills their block and calls :func:`prepare` with advance).
+    Returns 0, or 1 when some env has used up its block of requests: those envs are left
+    before the advance (the caller refills their block and calls :func:`prepare` with advance);
+    or, before changing anything, ``-1 - (4 n + part)`` for the first action part out of range.
     """
     N = actions.shape[0]
     G = ok_st.shape[1]
     K = ok_st.shape[3]
     R = remaining.shape[2]
+    for n in range(N):
+        for j in range(4):
+            if actions[n, j] < 0 or actions[n, j] >= nvec[j]:
+                return -1 - (4 * n + j)
     frac = np.zeros(K)
-    refill = False
+    refill = 0
     for n in range(N):
         d, m = req[n, 0], req[n, 1]
         P, O = float(req[n, 2]), float(req[n, 3])
@@ -330,7 +339,7 @@ def step(
         device_j = (work if local else head) * dev_power + up_s * tx
         # ---- processor sharing on the target's resource row
         r = res_of_target[d, g]
-        own, added = ps_row_own_added(remaining[n, r], work)
+        own, added = ps_row_own_added(remaining[n, r, R - busy[n, r] :], work)
         if rej:
             costs[n, 0], costs[n, 1], costs[n, 2], costs[n, 3] = fp[FP_PENALTY_S], 0.0, 0.0, 0.0
         else:
@@ -340,7 +349,7 @@ def step(
             costs[n, 3] = c[PC_ACCURACY]
             # place: the row is sorted ascending with empties first and has a free slot (mask)
             kv_total = split_coef[d, g, m, s, SC_KV] * (P + O) + split_coef[d, g, m, s, SC_HELD]
-            q = 0
+            q = R - busy[n, r] - 1  # the last empty slot
             while q + 1 < R and remaining[n, r, q + 1] < work:
                 remaining[n, r, q] = remaining[n, r, q + 1]
                 for kk in range(K):
@@ -361,7 +370,7 @@ def step(
         counters[n, CT_POS] += 1
         flags[n, FL_TRUNCATED] = counters[n, CT_T] >= fp[FP_EPISODE]
         if counters[n, CT_POS] >= blk_size:
-            refill = True
+            refill = 1
             continue
         _advance(n, fp, blk_f, counters, env_f, remaining, kv_bytes, used, busy)
         _prepare(

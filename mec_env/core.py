@@ -137,6 +137,7 @@ class OffloadCore:
         self.fp[kern.FP_PENALTY_S] = sc.rejection_penalty_s
         self.fp[kern.FP_HIST_MAX_S] = sc.histogram_max_s
         self.fp[kern.FP_EPISODE] = sc.episode_requests
+        self.fp[kern.FP_NUM_SERVERS] = ns_real
         self._static_features()
         self.trace = load_trace(sc)
         self._alloc()
@@ -341,7 +342,8 @@ class OffloadCore:
         """Apply one plan per environment and advance to the next request.
 
         Args:
-            actions: (N, 4) int64 inside ``nvec``: target, split, KV tier, expert policy.
+            actions: (N, 4) int64: target, split, KV tier, expert policy; a part outside ``nvec``
+                raises ValueError before anything changes.
             rng: the environments' Generator (used when a new block of requests is drawn).
             knobs: optional (N, 2 + 4) float64 continuous knobs: device frequency / max frequency
                 (DVFS) in (0, 1], transmit power in W (<= 0: the device's default), and the KV
@@ -351,8 +353,8 @@ class OffloadCore:
         Returns:
             The core's reused :class:`StepResult` buffers (valid until the next step).
         """
-        refill = kern.step(
-            actions, self.default_knobs if knobs is None else knobs, self.block_size, self.fp,
+        code = kern.step(
+            actions, self.nvec, self.default_knobs if knobs is None else knobs, self.block_size, self.fp,
             self.blk_f, self.blk_i, self.counters, self.req, self.env_f, self.remaining_s,
             self.kv_bytes, self.used_bytes, self.busy, self.cache_model, self.battery_j, self.dg,
             self.res_of_target, self.plan_coef, self.tables.serial_coef, self.split_coef, self.tables.round_trips_coef,
@@ -361,7 +363,12 @@ class OffloadCore:
             self.objective_index, self.ok_st, self.ok_p, self.masks, self.flags, self.free_bytes,
             self.obs, self.costs, self.plan, self.fallback, self.reward,
         )  # fmt: skip
-        if refill:
+        if code < 0:
+            n, part = divmod(-1 - code, 4)
+            raise ValueError(
+                f"action[{part}] ({ACTION_PARTS[part]}) must be in [0, {self.nvec[part]}), got {actions[n, part]}"
+            )
+        if code:
             idx = np.flatnonzero(self.counters[:, kern.CT_POS] >= self.block_size)
             self._refill(rng, idx)
             self._prepare(idx, advance_first=True)

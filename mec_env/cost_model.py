@@ -83,6 +83,21 @@ def csd_attention_time_s(kv_bytes, attention_flops, qkvo_bytes, csd):
     return scan + qkvo_bytes / (csd.external_gbps * GB)
 
 
+def kv_link_bytes_per_step(tier: str, model: ModelSpec, context_tokens: float, batch: float = 1.0) -> float:
+    """Bytes crossing the GPU's link to where the KV lives, per decode step (all layers).
+
+    ``fast`` (HBM): none; ``dram`` moved to the GPU, ``ssd``: the whole KV; ``csd``: only q, k, v
+    and the attention output (InstInfer), independent of the context length (RN sec. 3).
+    """
+    if tier == "fast":
+        return 0.0
+    if tier in ("dram", "ssd"):
+        return kv_bytes_per_step(model.kv_bytes_per_token, context_tokens, batch)
+    if tier == "csd":
+        return model.qkvo_bytes_per_token * batch
+    raise ValueError(f"tier must be one of {KV_TIERS}, got {tier!r}")
+
+
 def weights_time_s(weight_bytes, gpu_fraction, hbm_gbps, link_gbps):
     """Weights read once per decode step: the GPU-resident part at HBM bandwidth, the rest
     streamed over the GPU-host link (FlexGen weight offloading)."""
@@ -260,7 +275,7 @@ def build_cost_tables(scenario, hit_rate_fn) -> CostTables:
     updates_cache = np.array([False, True, True, True, True])
 
     for mi, m in enumerate(models):
-        for si, sp in enumerate(m.split_points):
+        for si in range(len(m.split_points)):
             if si == 0:  # whole request on the target: prompt (ids or frame) up, output back
                 trips[mi, si] = (1.0, 0.0)
             else:  # every decode step crosses the split both ways (frames are pipelined)
@@ -387,7 +402,6 @@ def _server_coefs(
     # per context token: KV read and attention where the KV lives
     kv_b = fraction * m.kv_bytes_per_token
     flops = fraction * attention_flops_per_step(m, 1.0)
-    qkvo = fraction * m.qkvo_bytes_per_token
     kv_power = gpu.power_idle_w
     if tier == 0:
         attn = np.maximum(hbm_kv_time_s(kv_b, gpu.hbm_gbps), flops / gpu.flops)
@@ -410,7 +424,8 @@ def _server_coefs(
         kv_write = kv_b / (server.csd.external_gbps * GB)
     per_token_fixed = w_time
     if tier == 3:  # q, k, v, o cross the CSD's external link once per decode step
-        per_token_fixed = per_token_fixed + qkvo / (server.csd.external_gbps * GB)
+        link_bytes = fraction * kv_link_bytes_per_step("csd", m, context_tokens=1.0)
+        per_token_fixed = per_token_fixed + link_bytes / (server.csd.external_gbps * GB)
     accuracy = (
         SPARSE_ATTENTION_ACCURACY_LOSS if tier == 3 and server.csd.sparse_keep_fraction < 1 else 0.0
     )

@@ -18,23 +18,14 @@ INVALID_ACTION_MODES = ("fallback", "raise")
 
 
 def _check_discrete_actions(actions, nvec: np.ndarray) -> np.ndarray:
-    """(N, 4) int64 array, or ValueError naming the part and the value."""
+    """(N, 4) int64 array of ``actions``, or ValueError naming the problem. The range of each part
+    is checked by the core before it changes anything."""
     a = np.asarray(actions)
     if a.dtype.kind not in "iu" and not _integral(a):
-        raise ValueError(
-            f"action must be integers (target, split, kv_tier, expert_policy), got {actions!r}"
-        )
+        raise ValueError(f"action must be integers (target, split, kv_tier, expert_policy), got {actions!r}")
     if a.shape[-1:] != (len(nvec),) or a.ndim > 2:
-        raise ValueError(
-            f"action must have shape ({len(nvec)},) or (N, {len(nvec)}), got shape {a.shape}"
-        )
-    a = a.reshape(-1, len(nvec)).astype(np.int64, copy=False)
-    if not ((a >= 0) & (a < nvec)).all():
-        row, col = np.argwhere((a < 0) | (a >= nvec))[0]
-        raise ValueError(
-            f"action[{col}] ({ACTION_PARTS[col]}) must be in [0, {nvec[col]}), got {a[row, col]}"
-        )
-    return a
+        raise ValueError(f"action must have shape ({len(nvec)},) or (N, {len(nvec)}), got shape {a.shape}")
+    return np.ascontiguousarray(a.reshape(-1, len(nvec)), dtype=np.int64)
 
 
 def _integral(a: np.ndarray) -> bool:
@@ -214,6 +205,7 @@ class LLMOffloadEnv(_OffloadBase, gym.Env):
         self._setup(scenario, render_mode, invalid_action, 1)
         self.observation_space = self.single_obs_space
         self.action_space = spaces.MultiDiscrete(self.core.nvec)
+        self._action = np.zeros((1, len(ACTION_PARTS)), dtype=np.int64)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
@@ -222,22 +214,30 @@ class LLMOffloadEnv(_OffloadBase, gym.Env):
         return self.core.obs[0].copy(), self._info()
 
     def _step(self, a: np.ndarray, knobs: np.ndarray | None = None):
-        self._enforce_masks(a)
-        model = int(self.core.req[0, 1])
+        if self.invalid_action == "raise":
+            self._enforce_masks(a)
+        model = self.core.req[0, 1]
         result = self.core.step(a, self.np_random, knobs)
-        info = self._info(result)
+        info = {
+            "action_mask": self.core.masks[0].copy(),
+            "plan": result.plan[0].copy(),
+            "fallback": result.fallback[0].copy(),
+            "rejected": bool(result.rejected[0]),
+            "costs": result.costs[0].copy(),
+        }
         if self.render_mode is not None:
-            self._last = {
-                "plan": info["plan"],
-                "model": model,
-                "costs": info["costs"],
-                "fallback": info["fallback"],
-            }
-        obs, reward = self.core.obs[0].copy(), result.reward[0].copy()
-        return obs, reward, False, bool(result.truncated[0]), info
+            self._last = {"plan": info["plan"], "model": int(model), "costs": info["costs"], "fallback": info["fallback"]}
+        return self.core.obs[0].copy(), result.reward[0].copy(), False, bool(result.truncated[0]), info
 
     def step(self, action):
-        return self._step(_check_discrete_actions(action, self.core.nvec))
+        a = self._action
+        if type(action) is np.ndarray and action.dtype == np.int64 and action.shape == (4,):
+            a[0] = action  # fast path; the core checks the range
+        else:
+            a = _check_discrete_actions(action, self.core.nvec)
+            if a.shape[0] != 1:
+                raise ValueError(f"action must have shape (4,), got shape {np.shape(action)}")
+        return self._step(a)
 
     def action_masks(self) -> np.ndarray:
         """Concatenated per-part masks (sb3-contrib MaskablePPO's MultiDiscrete format)."""
