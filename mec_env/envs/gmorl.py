@@ -6,17 +6,22 @@ and energy of that choice. All numbers come from ``shared/REFERENCE_NUMBERS.md``
 
 Three public classes share one implementation of the dynamics:
 
-- :class:`GMORLBatchedCore` holds the state of N worlds as numpy arrays and steps them together;
+- :class:`GMORLBatchedCore` holds the state of N worlds in arrays; ``reset`` draws worlds with
+  numpy from the caller's generator, ``step`` runs one compiled (numba) kernel that loops over the
+  envs, like :mod:`mec_env._kernels` does for the main environment;
 - :class:`GMORLOffloadEnv` is a ``gymnasium.Env`` over a core with N = 1;
 - :class:`GMORLVectorEnv` is a ``gymnasium.vector.VectorEnv`` over a core with N = ``num_envs``.
 
 Where RN (the paper's Table 2) and the predecessor code (gracefulning/mec_morl_multipolicy,
-``env/MEC_env.py``) disagree, RN is followed:
+``env/MEC_env.py``) disagree, RN is followed except for the channel:
 
-- channel: the code computes ``log2(1 + p * g**2 / N0W)`` with ``g = |h|^2 PL / N0W`` and a fixed
-  -8 dB shadowing term, which gives every link hundreds of Mbit/s; here
-  ``C = W log2(1 + p |h|^2 / (N0 W))`` with 8 dB log-normal shadowing, so a cloud 1-2 km away is
-  reached at tens of kbit/s. ``channel="predecessor"`` reproduces the code's rates.
+- channel: RN's formula taken literally, ``C = W log2(1 + p |h|^2 / (N0 W))`` with 8 dB log-normal
+  shadowing, reaches a cloud 1-2 km away at tens of kbit/s (median ~25 kbit/s, about a third of
+  cloud links at the 10 kbit/s floor; edges: median ~10 Mbit/s), which removes the cloud-versus-edge
+  trade-off the paper studies. The code computes ``log2(1 + p * g**2 / N0W)`` with
+  ``g = |h|^2 PL / N0W`` and a fixed -8 dB shadowing term, giving every link hundreds of Mbit/s
+  (median ~400 Mbit/s to the cloud). The published results were produced with the code, so the
+  default is ``channel="predecessor"``; ``channel="paper"`` gives RN's formula.
 - delay reward: the code leaves the task's own upload time out of r_T (and counts the running tasks
   twice when the upload outlasts all of them); here r_T includes the upload time L / C.
 - task size clip: [0.1, 100] Mbit (the code's multi-edge config), not its single-edge 30 Mbit.
@@ -25,7 +30,7 @@ Modelling rules chosen here (each also stated in the env card):
 
 - arrivals: the episode's arrival stream (Poisson counts per step, i.i.d. sizes and users in arrival
   order) is drawn at reset; the FIFO queue is the window [dispatched, arrived) of that stream. This
-  has the same distribution as drawing online, costs no random numbers per step, and keeps the
+  has the same distribution as drawing online, needs no random numbers in ``step``, and keeps the
   queue in fixed-size arrays. When no task is waiting the agent sees an empty task (size 0, as the
   predecessor code does): any valid action is accepted and both rewards are 0.
 - channel: distances, shadowing and Rayleigh fading are drawn per (server, user) at reset and held
@@ -34,13 +39,14 @@ Modelling rules chosen here (each also stated in the env card):
 - execution: a task uploads for L / C seconds (uploads do not share bandwidth), then joins its
   server's processor-shared set at the exact instant its upload completes, also mid-step.
 - rewards are charged at dispatch: r_E = -alpha_E (p L / C + kappa eta f^2 L) and
-  r_T = -alpha_T (own delay + delay added to the tasks running on that server), where both delays
-  assume no further arrivals (RN; :func:`mec_env.cost_model.ps_own_and_added_s`), and the running
-  tasks progress during the upload.
+  r_T = -alpha_T (own delay + delay added to the tasks running on that server), both delays
+  assuming no further arrivals (RN; :func:`mec_env.cost_model.ps_row_own_added`), with the running
+  tasks progressing during the upload (:func:`mec_env.cost_model.ps_row_served`).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import gymnasium as gym
@@ -48,8 +54,9 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
+from numba import njit
 
-from mec_env.cost_model import ps_own_and_added_s, shannon_rate_bps
+from mec_env.cost_model import ps_row_own_added, ps_row_served, shannon_rate_bps
 
 # --- World constants (RN sec. 5 unless stated) -----------------------------------------------
 DT_S = 1.0  # decision interval
@@ -75,9 +82,8 @@ RANGES = {  # domain randomisation (RN sec. 5): E, cloud GHz, edge GHz
     "train": {"num_edges": (1, 8), "cloud_ghz": (3.5, 4.5), "edge_ghz": (1.75, 2.25)},
     "test": {"num_edges": (1, 10), "cloud_ghz": (3.0, 5.0), "edge_ghz": (1.5, 2.5)},
 }
-_EPS_MBIT = 1e-9  # a task with less remaining work than this has finished
 
-# Observation features per server row (index: meaning); see the env card for bounds.
+# Observation rows (one column per server); see the env card for meanings and bounds.
 FEATURES = (
     "present",
     "is_cloud",
@@ -90,53 +96,195 @@ FEATURES = (
     "time",
 )
 NUM_FEATURES = len(FEATURES) + HIST_BINS
+_HIST_ROW = len(FEATURES)
+_EPS_MBIT = 1e-9  # a task with less remaining work than this has finished
+_NOT_RUNNING = -1.0  # finish mark of a task still uploading (virtual time is >= 0)
+
+# Columns of the packed state arrays (numba pays per kernel argument).
+_MU, _EXEC, _V, _FMIN = range(4)  # server[n, s, :]: Mbit/s, J per Mbit, virtual time, next end
+_RUN, _UP = range(2)  # count[n, s, :]: tasks running, tasks uploading
+_WORK, _FINISH, _UPLOAD = range(3)  # task[n, j, :]: Mbit, finish mark, upload end (abs. s)
+_STEP, _DISPATCHED, _USER, _QUEUE = range(4)  # env[n, :]
+_STATIC = ("present", "is_cloud", "cpu_freq", "num_edges")  # static[n, i, s], fixed per episode
 
 
-def _ps_level(rem: np.ndarray, capacity: np.ndarray) -> np.ndarray:
-    """Service each job gets when ``capacity`` of processor-shared service is spread over jobs.
+# --- Compiled kernels: one env per loop iteration ----------------------------------------------
+# Processor sharing in virtual time: server[n, s, _V] is the service each task running on s has
+# received so far; a task admitted with work w gets the finish mark v + w and runs while the mark
+# exceeds v by more than _EPS_MBIT. An interval where no task finishes only moves v; otherwise the
+# exact water level comes from cost_model.ps_row_served over the server's sorted remaining work.
 
-    Same result as :func:`mec_env.cost_model.ps_advance` (tests check it) but without a sort:
-    the water level s solves sum_i min(w_i, s) = capacity, found by the fixed point
-    s <- (capacity - sum of finished w) / (jobs left), which only increases and stops once the
-    set of finishing jobs is stable (one pass when no job finishes, one more per wave).
 
-    Args:
-        rem: remaining work per job (last axis, 0 = no job), any unit.
-        capacity: service available per row, same unit.
+@njit(cache=True)
+def _running_work(n, s, v, task, task_server, out):
+    """Remaining work of the tasks running on server ``s`` of env ``n``, sorted, in ``out[:k]``."""
+    k = 0
+    for j in range(task_server.shape[1]):
+        if task_server[n, j] == s:
+            r = task[n, j, _FINISH] - v
+            if r > _EPS_MBIT:
+                out[k] = r
+                k += 1
+    out[:k].sort()
+    return k
 
-    Returns:
-        The level s per row (``inf`` when every job finishes); remaining = max(rem - s, 0).
-    """
-    busy = rem > 0.0
-    n = busy.sum(-1)
-    level = capacity / np.maximum(n, 1)
-    k_prev = np.zeros_like(n)
+
+@njit(cache=True)
+def _serve(n, tau_s, server, count, task, task_server, scratch):
+    """Processor sharing on every server of env ``n`` for ``tau_s`` seconds, no arrivals."""
+    for s in range(server.shape[1]):
+        running = count[n, s, _RUN]
+        if running == 0:
+            continue
+        v = server[n, s, _V]
+        capacity = tau_s * server[n, s, _MU]
+        share = capacity / running
+        if server[n, s, _FMIN] - v > share + _EPS_MBIT:  # nobody finishes: only v moves
+            server[n, s, _V] = v + share
+            continue
+        k = _running_work(n, s, v, task, task_server, scratch)
+        v += min(ps_row_served(scratch[:k], capacity), scratch[k - 1])
+        server[n, s, _V] = v
+        running, first_end = 0, math.inf
+        for j in range(task_server.shape[1]):
+            if task_server[n, j] == s and task[n, j, _FINISH] - v > _EPS_MBIT:
+                running += 1
+                first_end = min(first_end, task[n, j, _FINISH])
+        count[n, s, _RUN] = running
+        server[n, s, _FMIN] = first_end
+
+
+@njit(cache=True)
+def _run_until(n, now_s, end_s, server, count, task, task_server, scratch):
+    """Advance env ``n`` from ``now_s`` to ``end_s``, admitting each upload when it completes."""
     while True:
-        fin = busy & (rem <= level[..., None])
-        k = fin.sum(-1)
-        if np.array_equal(k, k_prev):
-            return level
-        left = n - k
-        done = (rem * fin).sum(-1)
-        level = np.where(left > 0, (capacity - done) / np.maximum(left, 1), np.inf)
-        k_prev = k
+        j_next, t_next = -1, math.inf
+        for j in range(task.shape[1]):
+            if task[n, j, _UPLOAD] < t_next:
+                j_next, t_next = j, task[n, j, _UPLOAD]
+        if t_next > end_s:
+            _serve(n, end_s - now_s, server, count, task, task_server, scratch)
+            return
+        _serve(n, t_next - now_s, server, count, task, task_server, scratch)
+        now_s = t_next
+        s = task_server[n, j_next]
+        finish = server[n, s, _V] + task[n, j_next, _WORK]
+        task[n, j_next, _FINISH] = finish
+        task[n, j_next, _UPLOAD] = math.inf
+        count[n, s, _RUN] += 1
+        count[n, s, _UP] -= 1
+        server[n, s, _FMIN] = min(server[n, s, _FMIN], finish)
+
+
+@njit(cache=True)
+def _present(
+    n, episode_steps, server, count, task, task_server, env, task_mbit, rate_feat, arrived_cum,
+    stream_mbit, stream_user, static, obs, hist,
+):  # fmt: skip
+    """Show env ``n`` the head of its FIFO queue (an empty task when none waits) and write its
+    observation. Idempotent: the head moves only when a task is dispatched."""
+    t, done = env[n, _STEP], env[n, _DISPATCHED]
+    arrived = arrived_cum[n, t]
+    has = arrived > done and t < episode_steps
+    task_mbit[n] = stream_mbit[n, done] if has else 0.0
+    user = stream_user[n, done] if has else 0
+    env[n, _USER] = user
+    env[n, _QUEUE] = arrived - done - (1 if has else 0)
+    size, now, scale = task_mbit[n] / TASK_MBIT_MAX, t / episode_steps, 1.0 / episode_steps
+    for s in range(server.shape[1]):
+        present = static[n, 0, s]
+        obs[n, 0, s] = present
+        obs[n, 1, s] = static[n, 1, s]
+        obs[n, 2, s] = size * present
+        obs[n, 3, s] = rate_feat[n, s, user]
+        obs[n, 4, s] = static[n, 2, s]
+        obs[n, 5, s] = count[n, s, _RUN] * scale
+        obs[n, 6, s] = count[n, s, _UP] * scale
+        obs[n, 7, s] = static[n, 3, s]
+        obs[n, 8, s] = now * present
+    hist[:] = 0
+    for j in range(task_server.shape[1]):
+        s = task_server[n, j]
+        if s >= 0:
+            r = task[n, j, _FINISH] - server[n, s, _V]
+            if r > _EPS_MBIT:
+                hist[min(int(r / HIST_BIN_MBIT), HIST_BINS - 1), s] += 1
+    for b in range(HIST_BINS):
+        for s in range(server.shape[1]):
+            obs[n, _HIST_ROW + b, s] = hist[b, s] * 0.1  # counts / 10
+
+
+@njit(cache=True)
+def _dispatch(
+    n, a, server, count, task, task_server, env, task_mbit, rate_bps, reward, outcome, scratch
+):
+    """Send env ``n``'s current task to server ``a``, charge its reward, advance one step."""
+    t, size = env[n, _STEP], task_mbit[n]
+    delay_s = energy_j = 0.0
+    if size > 0.0:
+        mu = server[n, a, _MU]
+        tx_s = size * 1e6 / rate_bps[n, a, env[n, _USER]]
+        energy_j = TX_POWER_W * tx_s + server[n, a, _EXEC] * size
+        # The running tasks progress during the upload, then the new one joins them.
+        k = _running_work(n, a, server[n, a, _V], task, task_server, scratch)
+        level = ps_row_served(scratch[:k], tx_s * mu)
+        for i in range(k):
+            scratch[i] = max(scratch[i] - level, 0.0)
+        own, added = ps_row_own_added(scratch[:k], size)
+        delay_s = tx_s + (own + added) / mu
+        task_server[n, t] = a
+        task[n, t, _WORK] = size
+        task[n, t, _FINISH] = _NOT_RUNNING
+        task[n, t, _UPLOAD] = t * DT_S + tx_s
+        count[n, a, _UP] += 1
+        env[n, _DISPATCHED] += 1
+    reward[n, 0] = -ALPHA_T_PER_S * delay_s
+    reward[n, 1] = -ALPHA_E_PER_J * energy_j
+    outcome[n, 0] = delay_s
+    outcome[n, 1] = energy_j
+    _run_until(n, t * DT_S, (t + 1) * DT_S, server, count, task, task_server, scratch)
+    env[n, _STEP] = t + 1
+
+
+@njit(cache=True)
+def _step_kernel(
+    actions, active, episode_steps, server, count, task, task_server, env, task_mbit, rate_bps,
+    rate_feat, arrived_cum, stream_mbit, stream_user, static, obs, reward, outcome, truncated,
+    scratch, hist,
+):  # fmt: skip
+    """One step of every active env (inactive ones only get their observation rewritten)."""
+    for n in range(actions.shape[0]):
+        if active[n]:
+            _dispatch(
+                n, actions[n], server, count, task, task_server, env, task_mbit, rate_bps,
+                reward, outcome, scratch,
+            )  # fmt: skip
+        else:
+            reward[n, 0] = reward[n, 1] = 0.0
+            outcome[n, 0] = outcome[n, 1] = 0.0
+        _present(
+            n, episode_steps, server, count, task, task_server, env, task_mbit, rate_feat,
+            arrived_cum, stream_mbit, stream_user, static, obs, hist,
+        )  # fmt: skip
+        truncated[n] = env[n, _STEP] >= episode_steps
+
+
+@njit(cache=True)
+def _advance_kernel(end_s, server, count, task, task_server, env, scratch):
+    """Run every env's servers from its clock to ``end_s[n]`` without dispatching (tests)."""
+    for n in range(end_s.shape[0]):
+        _run_until(n, env[n, _STEP] * DT_S, end_s[n], server, count, task, task_server, scratch)
 
 
 class GMORLBatchedCore:
-    """The dynamics of N independent GMORL worlds, stepped together with array operations.
+    """The state of N independent GMORL worlds and the step that advances them together.
 
-    State (leading axis N = env; S = max_edges + 1 servers; K = T + 1 slots per server):
-
-    - processor sharing in *virtual time*: ``v_mbit[N, S]`` is the service each running task of
-      the server has received so far; a task admitted with work w gets the finish mark
-      ``f_mbit = v + w`` and runs while ``f_mbit > v``. A step that finishes no task only moves v
-      (O(N S)); rows where a task finishes solve the exact water level with :func:`_ps_level`.
-    - uploads: ``upload_done_s[N, T + 2]`` (absolute time, inf = none), indexed by dispatch step.
-    - arrivals: ``arrived_cum[N, T + 2]`` and the stream ``stream_mbit / stream_user[N, M]``.
-
-    ``step`` contains no Python loop over envs, servers or tasks; its two small loops are over
-    sub-step events (uploads completing within the step, usually 0-2) and over the fixed point of
-    :func:`_ps_level` (usually 1-2 passes).
+    Arrays (N envs, S = max_edges + 1 servers, T task slots per env: slot t holds the task
+    dispatched at step t). Named views are public for inspection: ``n_running``, ``n_uploading``,
+    ``v_mbit`` (virtual time per server), ``task_server`` (-1 = none), ``task_work_mbit``,
+    ``task_finish_mbit``, ``upload_done_s``, ``step_index``, ``dispatched``, ``task_user``,
+    ``queue_length``, ``delay_s``, ``energy_j``; ``obs`` is a new array after every call.
+    ``reset`` draws from the caller's generator (the only randomness); ``step`` is deterministic.
     """
 
     def __init__(
@@ -149,20 +297,21 @@ class GMORLBatchedCore:
         cloud_ghz: float | None = None,
         edge_ghz: float | None = None,
         min_rate_bps: float = DEFAULT_MIN_RATE_BPS,
-        channel: Literal["paper", "predecessor"] = "paper",
+        channel: Literal["paper", "predecessor"] = "predecessor",
         episode_steps: int = EPISODE_STEPS,
     ) -> None:
-        if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
-            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
-        if not isinstance(max_edges, (int, np.integer)) or max_edges < 1:
-            raise ValueError(f"max_edges must be a positive int, got {max_edges!r}")
+        for name, value in (
+            ("num_envs", num_envs),
+            ("max_edges", max_edges),
+            ("episode_steps", episode_steps),
+        ):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
         if ranges not in RANGES:
             raise ValueError(f"ranges must be one of {sorted(RANGES)}, got {ranges!r}")
         if channel not in ("paper", "predecessor"):
             raise ValueError(f"channel must be 'paper' or 'predecessor', got {channel!r}")
-        if not isinstance(episode_steps, (int, np.integer)) or episode_steps < 1:
-            raise ValueError(f"episode_steps must be a positive int, got {episode_steps!r}")
-        if not (np.isfinite(min_rate_bps) and min_rate_bps > 0):
+        if not (isinstance(min_rate_bps, (int, float)) and 0 < min_rate_bps < math.inf):
             raise ValueError(f"min_rate_bps must be positive and finite, got {min_rate_bps!r}")
         box = RANGES[ranges]
         if num_edges is not None:
@@ -176,7 +325,9 @@ class GMORLBatchedCore:
         else:
             self.edge_range = box["num_edges"]
         for name, value in (("cloud_ghz", cloud_ghz), ("edge_ghz", edge_ghz)):
-            if value is not None and not (0.0 < value <= MAX_GHZ):
+            if value is not None and not (
+                isinstance(value, (int, float)) and 0.0 < value <= MAX_GHZ
+            ):
                 raise ValueError(f"{name} must be in (0, {MAX_GHZ}] GHz, got {value!r}")
         self.cloud_ghz_range = box["cloud_ghz"] if cloud_ghz is None else (cloud_ghz, cloud_ghz)
         self.edge_ghz_range = box["edge_ghz"] if edge_ghz is None else (edge_ghz, edge_ghz)
@@ -187,91 +338,91 @@ class GMORLBatchedCore:
         self.episode_steps = t = int(episode_steps)
         self.min_rate_bps = float(min_rate_bps)
         self.channel = channel
-        self.obs_shape = (s, NUM_FEATURES)
+        self.obs_shape = (NUM_FEATURES, s)  # one column per server, as in the predecessor code
         # Arrival stream capacity: mean lambda U T = 100 arrivals; P(Poisson(100) > 264) ~ 1e-40.
         self.stream_len = m = int(2 * ARRIVAL_RATE_PER_USER_HZ * NUM_USERS * DT_S * t) + 64
-
-        self._ar = np.arange(n)
         self._server_ids = np.arange(s)
+
         # Configuration, drawn at reset.
         self.num_edges = np.zeros(n, np.int64)
         self.present = np.zeros((n, s), bool)
         self.freq_ghz = np.zeros((n, s))
-        self.mu_mbit_s = np.zeros((n, s))  # service rate f / eta in Mbit/s
-        self.exec_j_per_mbit = np.zeros((n, s))  # kappa eta f^2 per Mbit
-        self.rate_bps = np.ones((n, s, NUM_USERS))
-        self._rate_feat = np.zeros((n, s, NUM_USERS))
         self.mean_task_mbit = np.zeros(n)
-        self.arrived_cum = np.zeros((n, t + 2), np.int64)
+        self.rate_bps = np.ones((n, s, NUM_USERS))
+        self._rate_feat = np.zeros((n, s, NUM_USERS))  # observation row "rate"
+        self._static = np.zeros((n, len(_STATIC), s), np.float32)
+        self.arrived_cum = np.zeros((n, t + 1), np.int64)  # arrivals by each decision epoch
         self.stream_mbit = np.zeros((n, m))
         self.stream_user = np.zeros((n, m), np.int64)
-        # Dynamic state.
-        self.step_index = np.zeros(n, np.int64)
-        self.dispatched = np.zeros(n, np.int64)
-        self.task_mbit = np.zeros(n)
-        self.task_user = np.zeros(n, np.int64)
-        self.v_mbit = np.zeros((n, s))
-        self.f_mbit = np.zeros((n, s, t + 1))
-        self.fmin_mbit = np.full((n, s), np.inf)
-        self.n_running = np.zeros((n, s), np.int64)
-        self.n_uploading = np.zeros((n, s), np.int64)
-        self.job_server = np.zeros((n, t + 2), np.int64)
-        self.job_mbit = np.zeros((n, t + 2))
-        self.upload_done_s = np.full((n, t + 2), np.inf)
-        self._k_hi = 1  # slots [k_hi:] are free in every row
-        # Outputs (overwritten in place each step).
-        self.obs = np.zeros((n, *self.obs_shape), np.float32)
+        # Dynamic state (packed) and outputs.
+        self._server = np.zeros((n, s, 4))
+        self._count = np.zeros((n, s, 2), np.int64)
+        self._task = np.zeros((n, t, 3))
+        self.task_server = np.full((n, t), -1, np.int64)
+        self._env = np.zeros((n, 4), np.int64)
+        self.task_mbit = np.zeros(n)  # current task (0: none waiting)
         self.reward = np.zeros((n, 2), np.float32)
-        self.delay_s = np.zeros(n)
-        self.energy_j = np.zeros(n)
-        self._present_f = np.zeros((n, s))
-        self._hist_base = ((self._ar[:, None] * s + self._server_ids) * (HIST_BINS + 1) + 1.0)[
-            ..., None
-        ]
-        self._bins_total = n * s * (HIST_BINS + 1)
+        self._outcome = np.zeros((n, 2))
+        self.truncated = np.zeros(n, bool)
+        self.obs = np.zeros((n, *self.obs_shape), np.float32)
+        self._scratch = np.zeros(t)
+        self._hist = np.zeros((HIST_BINS, s), np.int64)
+        self._all, self._none = np.ones(n, bool), np.zeros(n, bool)
+        self._no_actions = np.zeros(n, np.int64)
+        # Named views of the packed arrays.
+        self.v_mbit, self.fmin_mbit = self._server[..., _V], self._server[..., _FMIN]
+        self.n_running, self.n_uploading = self._count[..., _RUN], self._count[..., _UP]
+        self.task_work_mbit = self._task[..., _WORK]
+        self.task_finish_mbit = self._task[..., _FINISH]
+        self.upload_done_s = self._task[..., _UPLOAD]
+        self.step_index, self.dispatched = self._env[:, _STEP], self._env[:, _DISPATCHED]
+        self.task_user, self.queue_length = self._env[:, _USER], self._env[:, _QUEUE]
+        self.delay_s, self.energy_j = self._outcome[:, 0], self._outcome[:, 1]
 
         high = np.ones(NUM_FEATURES, np.float32)
         high[FEATURES.index("cpu_freq")] = MAX_GHZ / 5.0
-        high[len(FEATURES) :] = t / 10.0  # histogram counts / 10, at most T tasks
-        self.obs_high = np.broadcast_to(high, self.obs_shape).copy()
+        high[_HIST_ROW:] = t / 10.0  # histogram counts / 10, at most T tasks
+        self.obs_high = np.repeat(high[:, None], s, axis=1)
         self.reward_low = self._reward_lower_bound()
 
     def _reward_lower_bound(self) -> np.ndarray:
-        """Worst [r_T, r_E] from the clipping bounds: a 100 Mbit task at the rate floor on the
-        slowest CPU behind T - 1 running tasks (delay), on the fastest CPU (energy)."""
+        """Worst [r_T, r_E] from the clipping bounds: a 100 Mbit task at the rate floor behind
+        T - 1 running tasks on the slowest CPU (delay), on the fastest CPU (energy)."""
         f_lo = min(self.cloud_ghz_range[0], self.edge_ghz_range[0])
         f_hi = max(self.cloud_ghz_range[1], self.edge_ghz_range[1])
         tx_max_s = TASK_MBIT_MAX * 1e6 / self.min_rate_bps
         work_max_s = TASK_MBIT_MAX * 1e6 * CYCLES_PER_BIT / (f_lo * 1e9)
-        others = self.episode_steps - 1
-        delay_max_s = tx_max_s + work_max_s * (
-            1 + 2 * others
-        )  # own <= tx + w (1 + n), added <= n w
+        others = self.episode_steps - 1  # tasks already on the server, at most
+        # own <= tx + w + n w and added <= n w (each running task gains at most w)
+        delay_max_s = tx_max_s + work_max_s * (1 + 2 * others)
         energy_max_j = (
             TX_POWER_W * tx_max_s + KAPPA * CYCLES_PER_BIT * (f_hi * 1e9) ** 2 * TASK_MBIT_MAX * 1e6
         )
         low = -np.array([ALPHA_T_PER_S * delay_max_s, ALPHA_E_PER_J * energy_max_j])
         return (low * (1 + 1e-6)).astype(np.float32)
 
-    # --- reset -------------------------------------------------------------------------------
     def reset(self, rng: np.random.Generator, mask: np.ndarray | None = None) -> None:
-        """Draw a new world for the envs in ``mask`` (all when None) from ``rng``."""
-        idx = self._ar if mask is None else np.flatnonzero(mask)
+        """Draw a new world for the envs in ``mask`` (all when None) from ``rng``; every env's
+        observation is rewritten into a new ``obs``."""
+        idx = np.arange(self.num_envs) if mask is None else np.flatnonzero(mask)
+        if len(idx):
+            self._draw(rng, idx)
+        self._present()
+
+    def _draw(self, rng: np.random.Generator, idx: np.ndarray) -> None:
+        """Draw configuration, channel and arrival stream of envs ``idx``; empty their servers."""
         k, s, t, m = len(idx), self.num_servers, self.episode_steps, self.stream_len
-        if k == 0:
-            return
-        e_lo, e_hi = self.edge_range
-        num_edges = rng.integers(e_lo, e_hi + 1, size=k)
+        num_edges = rng.integers(self.edge_range[0], self.edge_range[1] + 1, size=k)
         f0 = rng.uniform(*self.cloud_ghz_range, size=k)
         fe = rng.uniform(*self.edge_ghz_range, size=(k, self.max_edges))
         present = self._server_ids <= num_edges[:, None]
         freq = np.concatenate([f0[:, None], fe], axis=1) * present
         self.num_edges[idx] = num_edges
         self.present[idx] = present
-        self._present_f[idx] = present
         self.freq_ghz[idx] = freq
-        self.mu_mbit_s[idx] = freq * 1e9 / CYCLES_PER_BIT / 1e6
-        self.exec_j_per_mbit[idx] = KAPPA * CYCLES_PER_BIT * (freq * 1e9) ** 2 * 1e6
+        is_cloud = np.broadcast_to(self._server_ids == 0, present.shape)
+        edges = (num_edges / self.max_edges)[:, None] * present
+        self._static[idx] = np.stack([present, is_cloud, freq / 5.0, edges], axis=1)
         # 100 % load: dt * sum f / eta = lambda U L_mean (RN sec. 5).
         arrivals_per_step = ARRIVAL_RATE_PER_USER_HZ * NUM_USERS * DT_S
         mean_mbit = DT_S * freq.sum(1) * 1e9 / CYCLES_PER_BIT / arrivals_per_step / 1e6
@@ -287,169 +438,66 @@ class GMORLBatchedCore:
         if self.channel == "paper":
             shadow_db = rng.normal(0.0, SHADOWING_STD_DB, size=(k, s, NUM_USERS))
             gain = 10.0 ** ((shadow_db - loss_db) / 10.0) * fading
-        else:  # predecessor code: fixed -8 dB, and the normalised gain enters squared
+        else:  # predecessor code: fixed -8 dB, and the noise-normalised gain enters squared
             gain = (10.0 ** ((-SHADOWING_STD_DB - loss_db) / 10.0) * fading / NOISE_W) ** 2
-        rate = np.maximum(
-            shannon_rate_bps(BANDWIDTH_HZ, TX_POWER_W, gain, NOISE_W), self.min_rate_bps
-        )
+        rate = shannon_rate_bps(BANDWIDTH_HZ, TX_POWER_W, gain, NOISE_W)
+        rate = np.maximum(rate, self.min_rate_bps)
         self.rate_bps[idx] = rate
         self._rate_feat[idx] = np.clip((np.log10(rate) - 4.0) / 5.0, 0.0, 1.0) * present[..., None]
 
         # Arrival stream of the whole episode.
         counts = rng.poisson(arrivals_per_step, size=(k, t + 1))
-        self.arrived_cum[idx, : t + 1] = np.minimum(np.cumsum(counts, axis=1), m)
-        self.arrived_cum[idx, t + 1] = self.arrived_cum[idx, t]
+        self.arrived_cum[idx] = np.minimum(np.cumsum(counts, axis=1), m)
         sizes = rng.exponential(1.0, size=(k, m)) * mean_mbit[:, None]
         self.stream_mbit[idx] = np.clip(sizes, TASK_MBIT_MIN, TASK_MBIT_MAX)
         self.stream_user[idx] = rng.integers(0, NUM_USERS, size=(k, m))
 
-        # Empty servers, no uploads.
-        self.step_index[idx] = 0
-        self.dispatched[idx] = 0
-        self.v_mbit[idx] = 0.0
-        self.f_mbit[idx] = 0.0
-        self.fmin_mbit[idx] = np.inf
-        self.n_running[idx] = 0
-        self.n_uploading[idx] = 0
-        self.upload_done_s[idx] = np.inf
-        self.job_mbit[idx] = 0.0
-        if k == self.num_envs:
-            self._k_hi = 1
-        self.reward[idx] = 0.0
-        self.delay_s[idx] = 0.0
-        self.energy_j[idx] = 0.0
+        # Empty servers, no tasks.
+        server = self._server[idx]
+        server[..., _MU] = freq * 1e9 / CYCLES_PER_BIT / 1e6
+        server[..., _EXEC] = KAPPA * CYCLES_PER_BIT * (freq * 1e9) ** 2 * 1e6  # J per Mbit
+        server[..., _V] = 0.0
+        server[..., _FMIN] = np.inf
+        self._server[idx] = server
+        self._count[idx] = 0
+        self._task[idx] = (0.0, _NOT_RUNNING, np.inf)
+        self.task_server[idx] = -1
+        self._env[idx] = 0
 
-        obs = self.obs
-        obs[idx, :, FEATURES.index("present")] = present
-        obs[idx, 0, FEATURES.index("is_cloud")] = 1.0
-        obs[idx, :, FEATURES.index("cpu_freq")] = freq / 5.0
-        obs[idx, :, FEATURES.index("num_edges")] = (num_edges / self.max_edges)[:, None] * present
-        self._next_task(idx)
-        self._observe()
+    def step(self, actions: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
+        """Dispatch each active env's current task to ``actions[i]`` (valid, unmasked: the env
+        classes check) and advance it one step; inactive envs stay as they are.
 
-    # --- step --------------------------------------------------------------------------------
-    def step(self, actions: np.ndarray) -> np.ndarray:
-        """Dispatch each env's current task to ``actions[i]`` (valid, unmasked) and advance
-        every world by one step. Fills ``obs``, ``reward``, ``delay_s``, ``energy_j`` in place.
+        Fills ``reward`` (float32, [r_T, r_E]), ``delay_s``, ``energy_j`` and a new ``obs``.
 
         Returns:
-            truncated, bool array (N,): the episode has reached T steps.
+            truncated, bool (N,): the env has taken T steps.
         """
-        ar, a = self._ar, actions
-        size = self.task_mbit
-        rate = self.rate_bps[ar, a, self.task_user]
-        tx_s = size * 1e6 / rate
-        mu = self.mu_mbit_s[ar, a]
-        energy = TX_POWER_W * tx_s + self.exec_j_per_mbit[ar, a] * size
-        # Delay: running tasks on the target progress during the upload, then the new task
-        # joins them (RN: own delay + delay added to the tasks already running).
-        rem = self.f_mbit[ar, a, : self._k_hi] - (self.v_mbit[ar, a] + _EPS_MBIT)[:, None]
-        np.maximum(rem, 0.0, out=rem)
-        level = _ps_level(rem, tx_s * mu)
-        rem -= level[:, None]
-        np.maximum(rem, 0.0, out=rem)
-        own, added = ps_own_and_added_s(rem, size)
-        delay = tx_s + (own + added) / mu
-        self.delay_s[:] = delay
-        self.energy_j[:] = energy
-        self.reward[:, 0] = -ALPHA_T_PER_S * delay
-        self.reward[:, 1] = -ALPHA_E_PER_J * energy
+        self.obs = np.empty((self.num_envs, *self.obs_shape), np.float32)
+        _step_kernel(
+            actions, self._all if active is None else active, self.episode_steps, self._server,
+            self._count, self._task, self.task_server, self._env, self.task_mbit, self.rate_bps,
+            self._rate_feat, self.arrived_cum, self.stream_mbit, self.stream_user, self._static,
+            self.obs, self.reward, self._outcome, self.truncated, self._scratch, self._hist,
+        )  # fmt: skip
+        return self.truncated
 
-        # Start the upload (an empty task starts nothing).
-        slot = self.step_index
-        real = size > 0.0
-        now_s = slot * DT_S
-        self.job_server[ar, slot] = a
-        self.job_mbit[ar, slot] = size
-        self.upload_done_s[ar, slot] = np.where(real, now_s + tx_s, np.inf)
-        self.n_uploading[ar, a] += real
+    def _present(self) -> None:
+        """Show every env its current task and write a new ``obs`` (no time passes)."""
+        self.obs = np.empty((self.num_envs, *self.obs_shape), np.float32)
+        _step_kernel(
+            self._no_actions, self._none, self.episode_steps, self._server, self._count,
+            self._task, self.task_server, self._env, self.task_mbit, self.rate_bps,
+            self._rate_feat, self.arrived_cum, self.stream_mbit, self.stream_user, self._static,
+            self.obs, self.reward, self._outcome, self.truncated, self._scratch, self._hist,
+        )  # fmt: skip
 
-        self._run_until(now_s + DT_S, now_s)
-        self.step_index += 1
-        self._next_task(ar)
-        self._observe()
-        return self.step_index >= self.episode_steps
-
-    def _run_until(self, end_s: np.ndarray, now_s: np.ndarray) -> None:
-        """Advance every server to ``end_s``, admitting uploads at their completion instants."""
-        up, ar = self.upload_done_s, self._ar
-        cur = now_s
-        while True:  # one pass per upload completing inside the step (usually 0-2)
-            j = up.argmin(1)
-            t_up = up[ar, j]
-            arriving = t_up <= end_s
-            if not arriving.any():
-                self._serve(end_s - cur)
-                return
-            target = np.where(arriving, t_up, end_s)
-            self._serve(target - cur)
-            cur = target
-            self._admit(np.flatnonzero(arriving), j[arriving])
-
-    def _serve(self, dt_s: np.ndarray) -> None:
-        """Processor sharing on every server for ``dt_s`` (per env), no arrivals."""
-        cap = dt_s[:, None] * self.mu_mbit_s
-        share = cap / np.maximum(self.n_running, 1)
-        slow = self.fmin_mbit - self.v_mbit <= share + _EPS_MBIT  # a task finishes
-        self.v_mbit += share
-        if not slow.any():
-            return
-        e, srv = np.nonzero(slow)
-        v0 = self.v_mbit[e, srv] - share[e, srv]
-        f = self.f_mbit[e, srv, : self._k_hi]
-        rem = f - (v0 + _EPS_MBIT)[:, None]
-        np.maximum(rem, 0.0, out=rem)
-        level = np.minimum(_ps_level(rem, cap[e, srv]), rem.max(-1))
-        v1 = v0 + level
-        left = f > (v1 + _EPS_MBIT)[:, None]
-        self.v_mbit[e, srv] = v1
-        self.n_running[e, srv] = left.sum(-1)
-        self.fmin_mbit[e, srv] = np.where(left, f, np.inf).min(-1)
-
-    def _admit(self, e: np.ndarray, j: np.ndarray) -> None:
-        """Task ``j`` of env ``e`` (one per env) has uploaded: it joins its server now."""
-        srv = self.job_server[e, j]
-        v = self.v_mbit[e, srv]
-        k_hi = self._k_hi
-        free = self.f_mbit[e, srv, : k_hi + 1] <= (v + _EPS_MBIT)[:, None]
-        slot = free.argmax(1)
-        finish = v + self.job_mbit[e, j]
-        self.f_mbit[e, srv, slot] = finish
-        self.fmin_mbit[e, srv] = np.minimum(self.fmin_mbit[e, srv], finish)
-        self.n_running[e, srv] += 1
-        self.n_uploading[e, srv] -= 1
-        self.upload_done_s[e, j] = np.inf
-        self._k_hi = max(k_hi, int(slot.max()) + 1)
-
-    def _next_task(self, idx: np.ndarray) -> None:
-        """Present the head of the FIFO queue of envs ``idx`` (an empty task when none waits)."""
-        t, done = self.step_index[idx], self.dispatched[idx]
-        has = (self.arrived_cum[idx, t] > done) & (t < self.episode_steps)
-        head = np.minimum(done, self.stream_len - 1)
-        self.task_mbit[idx] = np.where(has, self.stream_mbit[idx, head], 0.0)
-        self.task_user[idx] = np.where(has, self.stream_user[idx, head], 0)
-        self.dispatched[idx] = done + has
-
-    @property
-    def queue_length(self) -> np.ndarray:
-        """Tasks waiting behind the current one."""
-        return self.arrived_cum[self._ar, self.step_index] - self.dispatched
-
-    def _observe(self) -> None:
-        obs, ar, t_max = self.obs, self._ar, self.episode_steps
-        obs[..., 2] = (self.task_mbit / TASK_MBIT_MAX)[:, None] * self._present_f
-        obs[..., 3] = self._rate_feat[ar, :, self.task_user]
-        obs[..., 5] = self.n_running * (1.0 / t_max)
-        obs[..., 6] = self.n_uploading * (1.0 / t_max)
-        obs[..., 8] = (self.step_index / t_max)[:, None] * self._present_f
-        # Histogram of remaining work (1 Mbit bins, last bin open): bin 0 of each row of
-        # HIST_BINS + 1 catches the idle slots and is dropped.
-        rem = self.f_mbit[:, :, : self._k_hi] - (self.v_mbit + _EPS_MBIT)[..., None]
-        np.clip(rem / HIST_BIN_MBIT, -0.5, HIST_BINS - 0.5, out=rem)
-        rem += self._hist_base
-        counts = np.bincount(rem.astype(np.intp).ravel(), minlength=self._bins_total)
-        obs[..., len(FEATURES) :] = counts.reshape(self.num_envs, self.num_servers, -1)[..., 1:]
-        obs[..., len(FEATURES) :] *= 0.1
+    def _run_until(self, end_s: np.ndarray) -> None:
+        """Run every env's servers from its clock to ``end_s`` without dispatching (tests)."""
+        _advance_kernel(
+            np.asarray(end_s, float), self._server, self._count, self._task, self.task_server,
+            self._env, self._scratch,
+        )  # fmt: skip
 
 
 def _reward_space(core: GMORLBatchedCore) -> spaces.Box:
@@ -486,15 +534,16 @@ class GMORLOffloadEnv(gym.Env):
 
     ## Observation space
 
-    ``Box(0, high, (max_edges + 1, 69), float32)``: one row per server (row 0 = cloud, rows > E
-    all zero), a permutation-invariant padded encoding:
+    ``Box(0, high, (69, max_edges + 1), float32)``: one column per server (column 0 = cloud,
+    columns > E all zero; features x servers, as in the predecessor code), a padded encoding that a
+    permutation-invariant network can read column by column. Rows (``FEATURES`` names 0-8):
 
-    | index | feature | value | bounds |
+    | row | feature | value | bounds |
     |---|---|---|---|
     | 0 | present | 1 for the cloud and edges 1..E | [0, 1] |
-    | 1 | is_cloud | 1 on row 0 | [0, 1] |
+    | 1 | is_cloud | 1 in column 0 | [0, 1] |
     | 2 | task_size | current task size / 100 Mbit (0: no task waiting) | [0, 1] |
-    | 3 | rate | (log10(C / bit/s) - 4) / 5 for the task's user to this server, clipped | [0, 1] |
+    | 3 | rate | (log10(C / bit/s) - 4) / 5 from the task's user (user 0 if none), clipped | [0, 1] |
     | 4 | cpu_freq | f / 5 GHz | [0, 2] |
     | 5 | num_running | tasks executing on the server / T | [0, 1] |
     | 6 | num_uploading | tasks uploading to the server / T | [0, 1] |
@@ -511,6 +560,10 @@ class GMORLOffloadEnv(gym.Env):
     in J, kappa = 5e-31. An empty task gives [0, 0]. :attr:`reward_space` bounds every reward
     (worst case: a 100 Mbit task at the rate floor behind T - 1 tasks on the slowest CPU);
     ``info["delay_s"]`` and ``info["energy_j"]`` hold the unscaled values.
+
+    ``info`` also carries ``action_mask`` (for the next decision), ``task_mbit`` (the task now
+    shown; 0 = none waiting), ``queue_length`` (tasks waiting behind it) and, after ``step``,
+    ``fallback``.
 
     ## Starting state
 
@@ -529,7 +582,8 @@ class GMORLOffloadEnv(gym.Env):
     ``render_mode`` (None or "ansi"), ``max_edges`` (10; observation padding), ``ranges``
     ("train" | "test"), ``num_edges``, ``cloud_ghz``, ``edge_ghz`` (fixed values override the
     ranges), ``invalid_action`` ("raise" | "fallback"), ``min_rate_bps`` (1e4),
-    ``channel`` ("paper" | "predecessor": the predecessor code's much faster links),
+    ``channel`` ("predecessor", default: the code the published results came from, fast links;
+    "paper": the formula of REFERENCE_NUMBERS sec. 5 taken literally, the cloud at ~25 kbit/s),
     ``episode_steps`` (100).
 
     ## Version history
@@ -570,7 +624,7 @@ class GMORLOffloadEnv(gym.Env):
         super().reset(seed=seed)
         self._core.reset(self.np_random)
         self._started, self._ended, self._last = True, False, None
-        return self._core.obs[0].copy(), self._info()
+        return self._core.obs[0], self._info()  # core.obs is a new array every step
 
     def step(self, action: Any) -> tuple[np.ndarray, np.ndarray, bool, bool, dict[str, Any]]:
         if not self._started or self._ended:
@@ -592,7 +646,7 @@ class GMORLOffloadEnv(gym.Env):
         info["fallback"] = fallback
         info["delay_s"] = float(self._core.delay_s[0])
         info["energy_j"] = float(self._core.energy_j[0])
-        return self._core.obs[0].copy(), self._core.reward[0].copy(), False, truncated, info
+        return self._core.obs[0], self._core.reward[0].copy(), False, truncated, info
 
     def action_masks(self) -> np.ndarray:
         """Valid actions (bool, one per server): the cloud and edges 1..E."""
@@ -624,7 +678,9 @@ class GMORLOffloadEnv(gym.Env):
                 f"  delay {core.delay_s[0]:.2f} s  energy {core.energy_j[0]:.4f} J"
             )
         lines.append("server   f_GHz  rate_Mbps  running  uploading  remaining_Mbit")
-        remaining = np.maximum(core.f_mbit[0, :, : core._k_hi] - core.v_mbit[0, :, None], 0).sum(1)
+        where = core.task_server[0]
+        left = np.maximum(core.task_finish_mbit[0] - core.v_mbit[0, where], 0.0)[where >= 0]
+        remaining = np.bincount(where[where >= 0], weights=left, minlength=core.num_servers)
         for srv in range(e + 1):
             name = "cloud" if srv == 0 else f"edge {srv}"
             rate = core.rate_bps[0, srv, core.task_user[0]] / 1e6
@@ -687,6 +743,7 @@ class GMORLVectorEnv(VectorEnv):
         )
         self.reward_dim = 2
         self._autoreset = np.zeros(self.num_envs, bool)
+        self._ar = np.arange(self.num_envs)
         self._started = False
 
     def reset(
@@ -703,7 +760,7 @@ class GMORLVectorEnv(VectorEnv):
         self._core.reset(self.np_random, mask)
         self._autoreset[slice(None) if mask is None else mask] = False
         self._started = True
-        return self._core.obs.copy(), self._info(np.zeros(self.num_envs, bool))
+        return self._core.obs, self._info(np.zeros(self.num_envs, bool))
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
         if not self._started:
@@ -714,29 +771,34 @@ class GMORLVectorEnv(VectorEnv):
             raise ValueError(f"actions must be {n} integers, got {actions!r}")
         bad = (acts < 0) | (acts >= core.num_servers)
         if bad.any():
+            i = int(np.flatnonzero(bad)[0])
             raise ValueError(
-                f"action {acts[bad][0]!r} is outside Discrete({core.num_servers}) (env {np.flatnonzero(bad)[0]})"
+                f"action {int(acts[i])} of env {i} is outside Discrete({core.num_servers})"
             )
         done = self._autoreset
-        masked = ~core.present[core._ar, acts] & ~done
+        masked = ~core.present[self._ar, acts] & ~done
         if masked.any():
             if self.invalid_action == "raise":
                 i = int(np.flatnonzero(masked)[0])
                 mask = core.present[i].astype(int).tolist()
                 raise ValueError(f"action {int(acts[i])} of env {i} is masked; action_mask={mask}")
             acts = np.where(masked, 0, acts)
-        truncated = core.step(np.where(done, 0, acts).astype(np.int64)).copy()
-        rewards = core.reward.copy()
-        if done.any():  # NEXT_STEP autoreset: ended envs restart, their action is ignored
-            core.reset(self.np_random, done)
-            rewards[done] = 0.0
-            truncated[done] = False
+        if done.all():  # NEXT_STEP autoreset of every env: actions ignored, reward 0
+            core.reset(self.np_random)
+            rewards, truncated = np.zeros((n, 2), np.float32), np.zeros(n, bool)
+            delay_s, energy_j = np.zeros(n), np.zeros(n)
+        else:  # the ended envs are inactive in this step (reward 0), then restart
+            truncated = core.step(acts.astype(np.int64, copy=False), ~done).copy()
+            rewards = core.reward.copy()
+            delay_s, energy_j = core.delay_s.copy(), core.energy_j.copy()
+            if done.any():
+                core.reset(self.np_random, done)
+                truncated[done] = False
         self._autoreset = truncated.copy()
         info = self._info(masked)
-        info["delay_s"] = np.where(done, 0.0, core.delay_s)
-        info["energy_j"] = np.where(done, 0.0, core.energy_j)
+        info["delay_s"], info["energy_j"] = delay_s, energy_j
         info["_delay_s"] = info["_energy_j"] = ~done
-        return core.obs.copy(), rewards, np.zeros(n, bool), truncated, info
+        return core.obs, rewards, np.zeros(n, bool), truncated, info
 
     def action_masks(self) -> np.ndarray:
         """Valid actions, bool (num_envs, max_edges + 1)."""
