@@ -79,7 +79,10 @@ def _coerce(tp: Any, value: Any, path: str, meta: Mapping[str, Any], build: bool
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SpecError(path, f"must be a number, got {_fmt(value)}")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise SpecError(path, f"must be finite, got an integer of {len(str(value))} digits") from None
         if math.isnan(value) or (math.isinf(value) and not meta.get("allow_inf", False)):
             raise SpecError(path, f"must be finite, got {value}")
         _check_bounds(value, path, meta)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mec_env._schema import Spec, SpecError, bounded, choice
+from mec_env.routing import ROUTING_PRESETS
 
 __all__ = ["ModelSpec", "SplitSpec", "MODEL_PRESETS", "llm_split_points"]
 
@@ -152,6 +153,17 @@ def llm_split_points(
     return tuple(points)
 
 
+def _routing(preset: str) -> dict[str, float]:
+    """The fitted routing-generator parameters of ``mec_env.routing.ROUTING_PRESETS[preset]``."""
+    r = ROUTING_PRESETS[preset]
+    return {
+        "routing_p_stay": r.p_stay,
+        "routing_zipf_s": r.zipf_s,
+        "routing_num_topics": r.num_topics,
+        "routing_topic_switch_prob": r.topic_switch_prob,
+    }
+
+
 def _llm(
     name: str,
     layers: int,
@@ -217,8 +229,8 @@ MODEL_PRESETS: dict[str, ModelSpec] = {
     "qwen2-0.5b": _llm("qwen2-0.5b", 24, 896, 14, 2, 64, 0.49e9),
     "phi-2": _llm("phi-2", 32, 2560, 32, 32, 80, 2.7e9),
     # RN sec. 2: Mixtral-8x7B 8 experts top-2, 46.7B total / 12.9B active; expert = 3 x 4096 x
-    # 14336 = 176.2M params (352.3 MB fp16). Routing fit: RN sec. 4 (p_stay 0.10-0.15, s 0-0.5,
-    # 4 topics, q 0.01), refined by mec_env.routing's fit to LRU .36/.62.
+    # 14336 = 176.2M params (352.3 MB fp16). Routing: mec_env.routing's fit to the moe-lrc LRU
+    # hit rates .36/.62/.83 at rho = 1/2/3 (RN sec. 4).
     "mixtral-8x7b": _llm(
         "mixtral-8x7b",
         32,
@@ -231,13 +243,10 @@ MODEL_PRESETS: dict[str, ModelSpec] = {
         num_experts=8,
         top_k=2,
         expert_params=176.2e6,
-        routing_p_stay=0.12,
-        routing_zipf_s=0.25,
-        routing_num_topics=4,
-        routing_topic_switch_prob=0.01,
+        **_routing("mixtral-8x7b"),
     ),
     # RN sec. 2: DeepSeek-MoE-16B, 64 routed (+2 shared) experts, top-6, 16.4B / ~2.8B active;
-    # expert 17.3 MB fp16 -> 8.65M params. Routing fit RN sec. 4: p_stay 0.2, s 0.5.
+    # expert 17.3 MB fp16 -> 8.65M params. Routing: fitted to LRU .27/.40/.51 (RN sec. 4).
     "deepseek-moe-16b": _llm(
         "deepseek-moe-16b",
         28,
@@ -250,10 +259,7 @@ MODEL_PRESETS: dict[str, ModelSpec] = {
         num_experts=64,
         top_k=6,
         expert_params=8.65e6,
-        routing_p_stay=0.2,
-        routing_zipf_s=0.5,
-        routing_num_topics=4,
-        routing_topic_switch_prob=0.01,
+        **_routing("deepseek-moe-16b"),
     ),
     # RN sec. 6 and torchvision's ResNet-50: 25.6M params, 4.1 GMAC = 8.2 GFLOP per 224x224 frame.
     "resnet-50": ModelSpec(

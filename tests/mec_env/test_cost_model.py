@@ -253,3 +253,16 @@ def test_step_costs_equal_the_tables_on_an_empty_system():
         assert info["costs"][0] == pytest.approx(latency, rel=1e-9)
         checked += 1
     assert checked == 40
+
+
+def test_simulator_hit_rates_come_from_the_fitted_routing_generator():
+    """The env charges MoE misses at the LRU hit rate its presets' routing streams give:
+    Mixtral .36 / .62 and DeepSeekMoE .27 / .40 at rho = 1 / 2 (RN sec. 4), within 0.05."""
+    from mec_env.expert_hits import routing_params, steady_state_hit_rate
+    from mec_env.routing import ROUTING_PRESETS
+
+    for name, targets in (("mixtral-8x7b", (0.36, 0.62)), ("deepseek-moe-16b", (0.27, 0.40))):
+        model = MODEL_PRESETS[name]
+        assert routing_params(model) == ROUTING_PRESETS[name]
+        for rho, target in zip((1, 2), targets, strict=True):
+            assert steady_state_hit_rate(model, rho * model.top_k) == pytest.approx(target, abs=0.05)
