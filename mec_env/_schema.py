@@ -82,7 +82,9 @@ def _coerce(tp: Any, value: Any, path: str, meta: Mapping[str, Any], build: bool
         try:
             value = float(value)
         except OverflowError:
-            raise SpecError(path, f"must be finite, got an integer of {len(str(value))} digits") from None
+            raise SpecError(
+                path, f"must be finite, got an integer of {len(str(value))} digits"
+            ) from None
         if math.isnan(value) or (math.isinf(value) and not meta.get("allow_inf", False)):
             raise SpecError(path, f"must be finite, got {value}")
         _check_bounds(value, path, meta)

@@ -83,7 +83,9 @@ def csd_attention_time_s(kv_bytes, attention_flops, qkvo_bytes, csd):
     return scan + qkvo_bytes / (csd.external_gbps * GB)
 
 
-def kv_link_bytes_per_step(tier: str, model: ModelSpec, context_tokens: float, batch: float = 1.0) -> float:
+def kv_link_bytes_per_step(
+    tier: str, model: ModelSpec, context_tokens: float, batch: float = 1.0
+) -> float:
     """Bytes crossing the GPU's link to where the KV lives, per decode step (all layers).
 
     ``fast`` (HBM): none; ``dram`` moved to the GPU, ``ssd``: the whole KV; ``csd``: only q, k, v

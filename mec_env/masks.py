@@ -43,8 +43,15 @@ class MaskSampler:
         single = masks.ndim == 1
         m = masks[None] if single else masks
         if m.shape[1] != self.offsets[-1]:
-            raise ValueError(f"masks must have {int(self.offsets[-1])} columns (sum of nvec), got {m.shape[1]}")
-        out = _sample(m, self.offsets, rng.random((m.shape[0], self.parts)), np.empty((m.shape[0], self.parts), np.int64))
+            raise ValueError(
+                f"masks must have {int(self.offsets[-1])} columns (sum of nvec), got {m.shape[1]}"
+            )
+        out = _sample(
+            m,
+            self.offsets,
+            rng.random((m.shape[0], self.parts)),
+            np.empty((m.shape[0], self.parts), np.int64),
+        )
         return out[0] if single else out
 
 

@@ -68,11 +68,23 @@ def rollout(scenario, policy: str, episodes: int, seed: int, render: bool = Fals
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = OneLineArgumentParser(prog="python -m mec_env.rollout", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenario", default="default", help="preset name or YAML path (default: %(default)s)")
-    ap.add_argument("--policy", default="least-loaded", choices=POLICIES, help="default: %(default)s")
-    ap.add_argument("--episodes", type=int, default=5, help="episodes to run (default: %(default)s)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the first episode (default: %(default)s)")
+    ap = OneLineArgumentParser(
+        prog="python -m mec_env.rollout",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--scenario", default="default", help="preset name or YAML path (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--policy", default="least-loaded", choices=POLICIES, help="default: %(default)s"
+    )
+    ap.add_argument(
+        "--episodes", type=int, default=5, help="episodes to run (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--seed", type=int, default=0, help="seed of the first episode (default: %(default)s)"
+    )
     ap.add_argument("--render", action="store_true", help="print every step (ansi render)")
     args = ap.parse_args(argv)
     if args.episodes < 1:
@@ -83,8 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"--scenario: {err}")
     names, units = env.objective_names, env.objective_units
     returns = rollout(env.scenario, args.policy, args.episodes, args.seed, args.render)
-    print(f"scenario {env.scenario.name!r}, policy {args.policy!r}, {args.episodes} episodes of {env.scenario.episode_requests} requests")
-    print("episode  " + "  ".join(f"{n} ({u})".rjust(18) for n, u in zip(names, units, strict=True)))
+    print(
+        f"scenario {env.scenario.name!r}, policy {args.policy!r}, {args.episodes} episodes of {env.scenario.episode_requests} requests"
+    )
+    print(
+        "episode  " + "  ".join(f"{n} ({u})".rjust(18) for n, u in zip(names, units, strict=True))
+    )
     for ep, row in enumerate(returns):
         print(f"{ep:7d}  " + "  ".join(f"{v:18.4g}" for v in row))
     print("   mean  " + "  ".join(f"{v:18.4g}" for v in returns.mean(axis=0)))

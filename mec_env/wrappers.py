@@ -94,11 +94,11 @@ class PreferenceObservation(gym.Wrapper):
     def reset(self, *, seed=None, options=None):
         obs, info = self.env.reset(seed=seed, options=options)
         given = None if options is None else options.get("weights")
-        self.weights = (
-            check_weights(given, self.reward_dim, "options['weights']")
-            if given is not None
-            else self._sample()
-        )
+        if given is not None:
+            w = check_weights(given, self.reward_dim, "options['weights']")
+            self.weights = w / w.sum()
+        else:
+            self.weights = self._sample()
         info = dict(info, weights=self.weights.copy())
         return self._obs(obs), info
 

@@ -581,7 +581,7 @@ class GMORLOffloadEnv(gym.Env):
 
     ``render_mode`` (None or "ansi"), ``max_edges`` (10; observation padding), ``ranges``
     ("train" | "test"), ``num_edges``, ``cloud_ghz``, ``edge_ghz`` (fixed values override the
-    ranges), ``invalid_action`` ("raise" | "fallback"), ``min_rate_bps`` (1e4),
+    ranges), ``invalid_action`` ("fallback", default | "raise"), ``min_rate_bps`` (1e4),
     ``channel`` ("predecessor", default: the code the published results came from, fast links;
     "paper": the formula of REFERENCE_NUMBERS sec. 5 taken literally, the cloud at ~25 kbit/s),
     ``episode_steps`` (100).
@@ -597,7 +597,7 @@ class GMORLOffloadEnv(gym.Env):
         self,
         render_mode: str | None = None,
         *,
-        invalid_action: Literal["raise", "fallback"] = "raise",
+        invalid_action: Literal["raise", "fallback"] = "fallback",
         **core_kwargs: Any,
     ) -> None:
         if render_mode not in (None, "ansi"):
@@ -721,7 +721,7 @@ class GMORLVectorEnv(VectorEnv):
         self,
         num_envs: int = 64,
         *,
-        invalid_action: Literal["raise", "fallback"] = "raise",
+        invalid_action: Literal["raise", "fallback"] = "fallback",
         **core_kwargs: Any,
     ) -> None:
         if invalid_action not in ("raise", "fallback"):

@@ -22,9 +22,13 @@ def _check_discrete_actions(actions, nvec: np.ndarray) -> np.ndarray:
     is checked by the core before it changes anything."""
     a = np.asarray(actions)
     if a.dtype.kind not in "iu" and not _integral(a):
-        raise ValueError(f"action must be integers (target, split, kv_tier, expert_policy), got {actions!r}")
+        raise ValueError(
+            f"action must be integers (target, split, kv_tier, expert_policy), got {actions!r}"
+        )
     if a.shape[-1:] != (len(nvec),) or a.ndim > 2:
-        raise ValueError(f"action must have shape ({len(nvec)},) or (N, {len(nvec)}), got shape {a.shape}")
+        raise ValueError(
+            f"action must have shape ({len(nvec)},) or (N, {len(nvec)}), got shape {a.shape}"
+        )
     return np.ascontiguousarray(a.reshape(-1, len(nvec)), dtype=np.int64)
 
 
@@ -80,13 +84,18 @@ class _OffloadBase:
         return info
 
     def _enforce_masks(self, a: np.ndarray) -> None:
-        if self.invalid_action != "raise":
-            return
+        """``invalid_action="raise"``: a part outside the space or masked raises ValueError."""
+        nvec = self.core.nvec
         for part in range(len(ACTION_PARTS)):
-            mask = self.core.part_mask(part)[0]
-            if not mask[a[0, part]]:
+            value = a[0, part]
+            if not 0 <= value < nvec[part]:
                 raise ValueError(
-                    f"action[{part}] ({ACTION_PARTS[part]}) = {a[0, part]} is masked for this request "
+                    f"action[{part}] ({ACTION_PARTS[part]}) must be in [0, {nvec[part]}), got {value}"
+                )
+            mask = self.core.part_mask(part)[0]
+            if not mask[value]:
+                raise ValueError(
+                    f"action[{part}] ({ACTION_PARTS[part]}) = {value} is masked for this request "
                     f"(open: {np.flatnonzero(mask).tolist()})"
                 )
 
@@ -226,8 +235,19 @@ class LLMOffloadEnv(_OffloadBase, gym.Env):
             "costs": result.costs[0].copy(),
         }
         if self.render_mode is not None:
-            self._last = {"plan": info["plan"], "model": int(model), "costs": info["costs"], "fallback": info["fallback"]}
-        return self.core.obs[0].copy(), result.reward[0].copy(), False, bool(result.truncated[0]), info
+            self._last = {
+                "plan": info["plan"],
+                "model": int(model),
+                "costs": info["costs"],
+                "fallback": info["fallback"],
+            }
+        return (
+            self.core.obs[0].copy(),
+            result.reward[0].copy(),
+            False,
+            bool(result.truncated[0]),
+            info,
+        )
 
     def step(self, action):
         a = self._action
@@ -235,8 +255,10 @@ class LLMOffloadEnv(_OffloadBase, gym.Env):
             a[0] = action  # fast path; the core checks the range
         else:
             a = _check_discrete_actions(action, self.core.nvec)
-            if a.shape[0] != 1:
-                raise ValueError(f"action must have shape (4,), got shape {np.shape(action)}")
+            if np.shape(action) != (len(ACTION_PARTS),):
+                raise ValueError(
+                    f"action must have shape ({len(ACTION_PARTS)},), got shape {np.shape(action)}"
+                )
         return self._step(a)
 
     def action_masks(self) -> np.ndarray:
@@ -259,13 +281,14 @@ class LLMOffloadContinuousEnv(LLMOffloadEnv):
     | slice | meaning |
     |---|---|
     | target scores (1 + max_servers) | the highest-scoring *open* target runs the request |
-    | split scores (num_splits) | the highest-scoring open split |
-    | KV tier scores (4) | softmax over the tiers open for the plan = the share of KV on each tier (tiers scan their share in parallel; partial attention merges exactly) |
-    | expert policy scores (5) | the highest-scoring open policy |
+    | split scores (num_splits) | the highest-scoring split open on that target |
+    | KV tier scores (4) | softmax (temperature 1/4) over the tiers open for that target and split = the share of KV on each tier (tiers scan their share in parallel; partial attention merges exactly) |
+    | expert policy scores (5) | the highest-scoring policy open on that target |
     | transmit power (1) | [-1, 1] -> [0, tx_power_max_w] of the device (floored at 1 % of max) |
     | device frequency (1) | [-1, 1] -> [freq_min_ghz, freq_max_ghz] (DVFS; power static + dynamic x (f/f_max)^3) |
 
-    Decoding picks open choices only, so the continuous env never falls back. Everything else
+    Decoding picks each part among the choices open given the parts already picked, so the
+    continuous env never falls back (unless the request is rejected). Everything else
     (observation, rewards, episode) is as in ``LLMOffload-v0``.
     """
 
@@ -286,15 +309,20 @@ class LLMOffloadContinuousEnv(LLMOffloadEnv):
             i = int(np.argmax(np.abs(a)))
             raise ValueError(f"action[{i}] must be in [-1, 1], got {a[i]}")
         c, sl = self.core, self.slices
-        masks = [c.part_mask(i)[0] for i in range(len(ACTION_PARTS))]
-        plan = np.array(
-            [
-                [
-                    int(np.argmax(np.where(mk, a[sl[i] : sl[i + 1]], -np.inf)))
-                    for i, mk in enumerate(masks)
-                ]
-            ]
+        # choose part by part, each among the choices open given the parts already chosen
+        g = int(np.argmax(np.where(c.part_mask(0)[0], a[sl[0] : sl[1]], -np.inf)))
+        splits_open = c.ok_st[0, g].any(axis=1)
+        s = (
+            int(np.argmax(np.where(splits_open, a[sl[1] : sl[2]], -np.inf)))
+            if splits_open.any()
+            else 0
         )
+        tiers_open = c.ok_st[0, g, s]
+        p_open = c.ok_p[0, g]
+        p = int(np.argmax(np.where(p_open, a[sl[3] : sl[4]], -np.inf))) if p_open.any() else 0
+        scores = np.where(tiers_open, a[sl[2] : sl[3]], -np.inf)
+        k = int(np.argmax(scores)) if tiers_open.any() else 0
+        plan = np.array([[g, s, k, p]])
         tiers = a[sl[2] : sl[3]]
         share = np.exp(
             4.0 * (tiers - tiers.max())
@@ -366,6 +394,12 @@ class LLMOffloadVectorEnv(gym.vector.VectorEnv):
         if a.shape[0] != self.num_envs:
             raise ValueError(f"actions must have {self.num_envs} rows, got {a.shape[0]}")
         if self.invalid_action_raise:
+            bad = (a < 0) | (a >= self.core.nvec)
+            if bad.any():
+                row, col = np.argwhere(bad)[0]
+                raise ValueError(
+                    f"actions[{row}, {col}] ({ACTION_PARTS[col]}) must be in [0, {self.core.nvec[col]}), got {a[row, col]}"
+                )
             offsets = self.core.mask_offsets[:-1]
             bad = (
                 ~self.core.masks[np.arange(self.num_envs)[:, None], a + offsets]

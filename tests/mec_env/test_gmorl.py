@@ -369,7 +369,7 @@ def test_fixed_values_override_randomisation():
 
 
 def test_masked_action_raises_naming_action_and_mask():
-    env = GMORLOffloadEnv(num_edges=2)
+    env = GMORLOffloadEnv(num_edges=2, invalid_action="raise")
     obs, info = env.reset(seed=0)
     np.testing.assert_array_equal(env.action_masks(), [True, True, True] + [False] * 8)
     np.testing.assert_array_equal(info["action_mask"], env.action_masks())
@@ -392,7 +392,7 @@ def test_masked_action_falls_back_to_cloud():
 
 
 def test_vector_env_masked_actions():
-    envs = GMORLVectorEnv(3, num_edges=1)
+    envs = GMORLVectorEnv(3, num_edges=1, invalid_action="raise")
     envs.reset(seed=0)
     with pytest.raises(ValueError, match="action 4 of env 1 is masked"):
         envs.step(np.array([0, 4, 1]))
