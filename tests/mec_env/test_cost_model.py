@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mec_env import load_scenario
 from mec_env import cost_model as cm
+from mec_env import load_scenario
 from mec_env.core import OffloadCore
 from mec_env.hardware import GPU_PRESETS, SERVER_PRESETS
 from mec_env.models import MODEL_PRESETS
@@ -56,11 +56,15 @@ def test_kv_time_per_tier_matches_reference_table(row, expected_s):
     got = {
         "hbm-a6000": lambda: cm.hbm_kv_time_s(kv, GPU_PRESETS["a6000"].hbm_gbps),
         "hbm-h100": lambda: cm.hbm_kv_time_s(kv, GPU_PRESETS["h100"].hbm_gbps),
-        "dram-over-pcie4": lambda: cm.kv_transfer_time_s(kv, SERVER_PRESETS["edge-a6000-csd"].gpu_host_gbps),
+        "dram-over-pcie4": lambda: cm.kv_transfer_time_s(
+            kv, SERVER_PRESETS["edge-a6000-csd"].gpu_host_gbps
+        ),
         "cpu-in-dram": lambda: cm.cpu_attention_time_s(kv, flops, HOST.dram_gbps, HOST.cpu_flops),
         "nvme-gen4": lambda: cm.kv_transfer_time_s(kv, NVME.read_gbps),
         "csd-dense": lambda: cm.csd_attention_time_s(kv, flops, qkvo, CSD),
-        "csd-sparse-1/8": lambda: cm.csd_attention_time_s(kv, flops, qkvo, CSD.replace(sparse_keep_fraction=1 / 8)),
+        "csd-sparse-1/8": lambda: cm.csd_attention_time_s(
+            kv, flops, qkvo, CSD.replace(sparse_keep_fraction=1 / 8)
+        ),
     }[row]()
     assert float(got) == pytest.approx(expected_s, rel=0.05)
 
@@ -69,7 +73,9 @@ def test_kv_time_per_tier_matches_reference_table(row, expected_s):
 def test_hbm_tokens_per_s_include_weights(gpu, tokens_per_s):
     """RN: batch 8 / (KV time + weights at HBM bandwidth) = ~26 (A6000) and ~111 (H100) tok/s."""
     bw = GPU_PRESETS[gpu].hbm_gbps
-    step_s = cm.hbm_kv_time_s(_kv_bytes(), bw) + cm.weights_time_s(OPT13B.weight_bytes, 1.0, bw, 32.0)
+    step_s = cm.hbm_kv_time_s(_kv_bytes(), bw) + cm.weights_time_s(
+        OPT13B.weight_bytes, 1.0, bw, 32.0
+    )
     assert BATCH / step_s == pytest.approx(tokens_per_s, rel=0.05)
 
 
@@ -121,7 +127,9 @@ def test_mixtral_hit_rate_to_tokens_per_s(hit, fp16, int4):
     """RN sec. 3: Mixtral on PCIe4 (25 GB/s), no overlap, resident part at H100 HBM: within 10 %."""
     hbm = GPU_PRESETS["h100"].hbm_gbps
     assert float(cm.moe_tokens_per_s(MIXTRAL, hit, hbm, 25.0)) == pytest.approx(fp16, rel=0.10)
-    assert float(cm.moe_tokens_per_s(MIXTRAL, hit, hbm, 25.0, lowprec=True)) == pytest.approx(int4, rel=0.10)
+    assert float(cm.moe_tokens_per_s(MIXTRAL, hit, hbm, 25.0, lowprec=True)) == pytest.approx(
+        int4, rel=0.10
+    )
 
 
 def test_prefetch_hides_misses_up_to_the_slack():
@@ -265,4 +273,6 @@ def test_simulator_hit_rates_come_from_the_fitted_routing_generator():
         model = MODEL_PRESETS[name]
         assert routing_params(model) == ROUTING_PRESETS[name]
         for rho, target in zip((1, 2), targets, strict=True):
-            assert steady_state_hit_rate(model, rho * model.top_k) == pytest.approx(target, abs=0.05)
+            assert steady_state_hit_rate(model, rho * model.top_k) == pytest.approx(
+                target, abs=0.05
+            )
