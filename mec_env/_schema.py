@@ -43,6 +43,33 @@ class SpecError(ValueError):
         return SpecError(path, self.reason)
 
 
+class FrozenMap(Mapping):
+    """A read-only, hashable mapping (a spec's ``dict`` fields), so specs stay hashable."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self._data = dict(data)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._data.items()))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and dict(self._data) == dict(other)
+
+    def __repr__(self) -> str:
+        return f"{dict(self._data)!r}"
+
+
 def bounded(default: Any = dataclasses.MISSING, **bounds: float) -> Any:
     """A dataclass field with numeric bounds: ``gt``, ``ge``, ``lt``, ``le``."""
     return dataclasses.field(default=default, metadata=bounds)
@@ -144,7 +171,7 @@ def _coerce(tp: Any, value: Any, path: str, meta: Mapping[str, Any], build: bool
             out[k] = _coerce(val_tp, v, f"{path}.{k}", meta.get("item", {}), build)
         if len(out) < meta.get("min_len", 0):
             raise SpecError(path, f"must have at least {meta['min_len']} entries, got {len(out)}")
-        return types.MappingProxyType(out)
+        return FrozenMap(out)
     raise TypeError(f"unsupported spec annotation {tp!r} at {path}")  # programming error
 
 
@@ -229,8 +256,12 @@ class Spec:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
 
     def replace(self: T, **changes: Any) -> T:
-        """A copy with some fields changed (validated)."""
-        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+        """A copy with some fields changed, validated; a nested spec may be given as a mapping."""
+        unknown = [k for k in changes if k not in {f.name for f in dataclasses.fields(self)}]  # type: ignore[arg-type]
+        if unknown:
+            raise SpecError(unknown[0], "is not a known field")
+        current = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        return type(self).from_dict({**current, **changes})
 
 
 def _plain(value: Any) -> Any:

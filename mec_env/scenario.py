@@ -193,14 +193,14 @@ class Scenario(Spec):
     def from_dict(cls, data: Any, path: str = "") -> Scenario:
         if isinstance(data, Mapping) and "models" in data:
             models = data["models"]
-            if isinstance(models, list):
+            if isinstance(models, (list, tuple)):
                 data = dict(data)
                 data["models"] = [_resolve_model(m, f"models[{i}]") for i, m in enumerate(models)]
         return super().from_dict(data, path)
 
     def to_yaml(self, path: str | os.PathLike[str] | None = None) -> str:
         """The scenario as YAML text; also written to ``path`` when given."""
-        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        text = yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False)
         if path is not None:
             Path(path).write_text(text)
         return text
@@ -221,18 +221,20 @@ class _Loader(yaml.SafeLoader):
     """SafeLoader that also reads ``1e5`` / ``-2.0e5`` as floats (YAML 1.2; PyYAML reads strings)."""
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that quotes strings :class:`_Loader` would read as floats (e.g. ``"1e5"``)."""
+
+
+_FLOAT_RE = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
         |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
         |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
         |[-+]?\.(?:inf|Inf|INF)
         |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
+    re.X,
 )
+for _cls in (_Loader, _Dumper):
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
 
 
 def list_scenarios() -> list[str]:
@@ -265,7 +267,10 @@ def load_scenario(
         text = resources.files("mec_env").joinpath(_PRESET_DIR, f"{source}.yaml").read_text()
         where = f"preset {source!r}"
     elif path.is_file():
-        text = path.read_text()
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError as err:
+            raise ValueError(f"scenario {str(path)!r} is not UTF-8 text: {err}") from None
         where = str(path)
     else:
         raise ValueError(
