@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from mec_env.cost_model import ps_row_own_added, ps_row_served
 
@@ -24,13 +24,15 @@ from mec_env.cost_model import ps_row_own_added, ps_row_served
 FP_BANDWIDTH_HZ, FP_NOISE_W, FP_MIN_RATE_BPS, FP_PENALTY_S, FP_HIST_MAX_S, FP_EPISODE = range(6)
 FP_NUM_SERVERS = 6
 NUM_FP = 7
-# plan_coef[d, g, m, s, k, p, :]: work (3), server energy (3), accuracy loss
-PC_WORK, PC_ENERGY, PC_ACCURACY = 0, 3, 6
+# plan_coef[d, g, m, s, k, p, :]: work (3), server energy (3), accuracy loss, cold-cache work
+PC_WORK, PC_ENERGY, PC_ACCURACY, PC_COLD = 0, 3, 6, 7
 # split_coef[d, g, m, s, :]: uplink bytes per prompt token, per output token; KV bytes per token;
-# bytes held whatever the length (a local job's weights)
-SC_UP_P, SC_UP_O, SC_KV, SC_HELD = 0, 1, 2, 3
-# dg[d, g, :]: wired bottleneck bps, round trip s, then capacity bytes per tier
-DG_WIRED_BPS, DG_RTT_S, DG_CAP = 0, 1, 2
+# bytes held whatever the length (a local job's weights); device head time (3 coefficients);
+# round trips (fixed, per output token)
+SC_UP_P, SC_UP_O, SC_KV, SC_HELD, SC_HEAD, SC_TRIPS = 0, 1, 2, 3, 4, 7
+# dg[d, g, :]: wired bottleneck bps, round trip s, log10(wired bps) / 11 capped at 1, then
+# capacity bytes per tier
+DG_WIRED_BPS, DG_RTT_S, DG_LOG_WIRED, DG_CAP = 0, 1, 2, 3
 # dev_f[d, :]: tx power W, static W, dynamic W, full battery J, then observation features (2)
 DV_TX_W, DV_STATIC_W, DV_DYNAMIC_W, DV_BATTERY_J, DV_FEAT = 0, 1, 2, 3, 4
 # model_f[m, :]: observation features (6), is MoE, number of split points
@@ -44,8 +46,9 @@ SV_CAP = 5
 EF_NOW, EF_GAIN, EF_RATE = 0, 1, 2
 # flags[n, :]
 FL_REJECTING, FL_REJECTED, FL_TRUNCATED = 0, 1, 2
-# counters[n, :]
-CT_T, CT_POS = 0, 1
+# env_i[n, :]: requests decided this episode, position in the request block, then the current
+# request: device, model, prompt tokens, output tokens (frames)
+CT_T, CT_POS, RQ_DEVICE, RQ_MODEL, RQ_PROMPT, RQ_OUTPUT = range(6)
 NUM_REQUEST_FEATURES = NUM_MODEL_FEAT + 9
 FINISHED_S = 1e-9  # remaining work below a nanosecond counts as done (rounding of the subtraction)
 NUM_SERVER_FIXED = 14  # per server row, besides the histogram bins
@@ -74,9 +77,9 @@ def _first_true(row):
 
 
 @njit(cache=True)
-def _advance(n, fp, blk_f, counters, env_f, remaining, kv_bytes, used, busy):
+def _advance(n, fp, blk_f, env_i, env_f, remaining, kv_bytes, used, busy):
     """Move env n's clock to its next arrival with exact processor sharing on every row."""
-    dt = blk_f[n, counters[n, CT_POS], 0]
+    dt = blk_f[n, env_i[n, CT_POS], 0]
     env_f[n, EF_NOW] += dt
     R = remaining.shape[2]
     K = kv_bytes.shape[3]
@@ -100,7 +103,7 @@ def _advance(n, fp, blk_f, counters, env_f, remaining, kv_bytes, used, busy):
 
 @njit(cache=True)
 def _prepare(
-    n, fp, blk_f, blk_i, counters, req, env_f, remaining, used, busy, cache_model, battery,
+    n, fp, blk_f, blk_i, env_i, env_f, remaining, used, busy, cache_model, battery,
     dg, res_of_target, split_coef, feas_split, feas_tp, model_f, dev_f, srv_f, slots,
     ok_st, ok_p, masks, flags, free, obs,
 ):  # fmt: skip
@@ -110,16 +113,16 @@ def _prepare(
     K = ok_st.shape[3]
     NP = ok_p.shape[2]
     S = G - 1
-    pos = counters[n, CT_POS]
+    pos = env_i[n, CT_POS]
     d = blk_i[n, pos, 0]
     m = blk_i[n, pos, 1]
-    req[n, 0] = d
-    req[n, 1] = m
-    req[n, 2] = blk_i[n, pos, 2]
-    req[n, 3] = blk_i[n, pos, 3]
+    env_i[n, RQ_DEVICE] = d
+    env_i[n, RQ_MODEL] = m
+    env_i[n, RQ_PROMPT] = blk_i[n, pos, 2]
+    env_i[n, RQ_OUTPUT] = blk_i[n, pos, 3]
     gain = blk_f[n, pos, 1]
     env_f[n, EF_GAIN] = gain
-    tokens = float(req[n, 2] + req[n, 3])
+    tokens = float(env_i[n, RQ_PROMPT] + env_i[n, RQ_OUTPUT])
     wireless = _wireless_bps(fp, dev_f[d, DV_TX_W], gain)
     n_splits = int(model_f[m, MF_SPLITS])
     o_split = G
@@ -141,7 +144,7 @@ def _prepare(
         st[:, :] = False
         ftp = feas_tp[g, m]
         st_any = False
-        if busy[n, r] < slots[r]:
+        if busy[n, r] < slots[r] and fs[g, m, 0]:  # split 0 is feasible wherever any split is
             for s in range(n_splits):
                 if not fs[g, m, s]:
                     continue
@@ -178,15 +181,16 @@ def _prepare(
         obs[n, j] = model_f[m, MF_FEAT + j]
     o = NUM_MODEL_FEAT
     local_row = res_of_target[d, 0]
-    obs[n, o + 0] = min(math.log2(req[n, 2] + 1.0) / 21.0, 1.0)
-    obs[n, o + 1] = min(math.log2(req[n, 3] + 1.0) / 21.0, 1.0)
+    obs[n, o + 0] = min(math.log2(env_i[n, RQ_PROMPT] + 1.0) / 21.0, 1.0)
+    obs[n, o + 1] = min(math.log2(env_i[n, RQ_OUTPUT] + 1.0) / 21.0, 1.0)
     obs[n, o + 2] = dev_f[d, DV_FEAT]
     obs[n, o + 3] = dev_f[d, DV_FEAT + 1]
     obs[n, o + 4] = battery[n, d] / dev_f[d, DV_BATTERY_J]
     obs[n, o + 5] = busy[n, local_row] / slots[local_row]
     obs[n, o + 6] = 1.0 if (masks[n, 0] and any_target) else 0.0
-    obs[n, o + 7] = min(counters[n, CT_T] / fp[FP_EPISODE], 1.0)
-    obs[n, o + 8] = min(math.log10(wireless) / 11.0, 1.0)
+    obs[n, o + 7] = min(env_i[n, CT_T] / fp[FP_EPISODE], 1.0)
+    log_wireless = min(math.log10(wireless) / 11.0, 1.0)
+    obs[n, o + 8] = log_wireless
     B = (obs.shape[1] - NUM_REQUEST_FEATURES) // S - NUM_SERVER_FIXED
     per = NUM_SERVER_FIXED + B
     hist_scale = B / fp[FP_HIST_MAX_S]
@@ -197,7 +201,7 @@ def _prepare(
         for f in range(5):
             obs[n, base + f] = srv_f[j, f]
         obs[n, base + 2] = 1.0 if (masks[n, g] and any_target) else 0.0
-        obs[n, base + 5] = min(math.log10(min(env_f[n, EF_RATE + g], 1e11)) / 11.0, 1.0)
+        obs[n, base + 5] = min(log_wireless, dg[d, g, DG_LOG_WIRED])  # log10(min(a, b)) = min(logs)
         obs[n, base + 6] = min(dg[d, g, DG_RTT_S] * 100.0, 1.0)
         obs[n, base + 7] = busy[n, j] / slots[j]
         for b in range(B):
@@ -214,7 +218,7 @@ def _prepare(
 
 @njit(cache=True)
 def prepare(
-    n_idx, fp, blk_f, blk_i, counters, req, env_f, remaining, kv_bytes, used, busy, cache_model,
+    n_idx, fp, blk_f, blk_i, env_i, env_f, remaining, kv_bytes, used, busy, cache_model,
     battery, dg, res_of_target, split_coef, feas_split, feas_tp, model_f, dev_f, srv_f, slots,
     ok_st, ok_p, masks, flags, free, obs, advance_first,
 ):  # fmt: skip
@@ -222,43 +226,47 @@ def prepare(
     for i in range(n_idx.shape[0]):
         n = n_idx[i]
         if advance_first:
-            _advance(n, fp, blk_f, counters, env_f, remaining, kv_bytes, used, busy)
+            _advance(n, fp, blk_f, env_i, env_f, remaining, kv_bytes, used, busy)
         _prepare(
-            n, fp, blk_f, blk_i, counters, req, env_f, remaining, used, busy, cache_model, battery,
+            n, fp, blk_f, blk_i, env_i, env_f, remaining, used, busy, cache_model, battery,
             dg, res_of_target, split_coef, feas_split, feas_tp, model_f, dev_f, srv_f, slots,
             ok_st, ok_p, masks, flags, free, obs,
         )  # fmt: skip
 
 
 @njit(cache=True)
-def step(
-    actions, nvec, knobs, blk_size, fp, blk_f, blk_i, counters, req, env_f, remaining, kv_bytes, used,
-    busy, cache_model, battery, dg, res_of_target, plan_coef, head_coef, split_coef, trips, cold_s,
-    feas_split, feas_tp, model_f, dev_f, srv_f, tgt_f, slots, updates_cache, objective_index,
-    ok_st, ok_p, masks, flags, free, obs, costs, plan, fallback, reward,
-):  # fmt: skip
-    """One decision for every env: fallback of masked parts, costs, processor sharing,
-    placement, then the clock to the next arrival and that request's masks and observation.
-
-    ``knobs[n]``: device frequency ratio, transmit power W (<= 0: the device default), then the
-    KV share per tier (a negative first share: all on the action's tier).
-    Returns 0, or 1 when some env has used up its block of requests: those envs are left
-    before the advance (the caller refills their block and calls :func:`prepare` with advance);
-    or, before changing anything, ``-1 - (4 n + part)`` for the first action part out of range.
-    """
-    N = actions.shape[0]
-    G = ok_st.shape[1]
-    K = ok_st.shape[3]
-    R = remaining.shape[2]
-    for n in range(N):
+def _check_actions(actions, nvec):
+    for n in range(actions.shape[0]):
         for j in range(4):
             if actions[n, j] < 0 or actions[n, j] >= nvec[j]:
                 return -1 - (4 * n + j)
-    frac = np.zeros(K)
+    return 0
+
+
+@njit(cache=True)
+def step_range(
+    lo, hi, actions, knobs, blk_size, fp, blk_f, blk_i, env_i, env_f, remaining, kv_bytes, used,
+    busy, cache_model, battery, dg, res_of_target, plan_coef, split_coef,
+    feas_split, feas_tp, model_f, dev_f, srv_f, tgt_f, slots, updates_cache, objective_index,
+    ok_st, ok_p, masks, flags, free, obs, costs, plan, fallback, reward,
+):  # fmt: skip
+    """The decisions of envs ``lo .. hi - 1``, one after another: for each, the fallback of
+    masked parts, costs, processor sharing and placement, then its clock to the next arrival
+    and that request's masks and observation.
+
+    ``knobs[n]``: device frequency ratio, transmit power W (<= 0: the device default), then the
+    KV share per tier (a negative first share: all on the action's tier).
+    Returns 1 when some env has used up its block of requests (it is left before the advance;
+    the caller refills its block and calls :func:`prepare` with advance), else 0.
+    """
+    G = ok_st.shape[1]
+    K = ok_st.shape[3]
+    R = remaining.shape[2]
+    frac = np.empty(K)
     refill = 0
-    for n in range(N):
-        d, m = req[n, 0], req[n, 1]
-        P, O = float(req[n, 2]), float(req[n, 3])
+    for n in range(lo, hi):
+        d, m = env_i[n, RQ_DEVICE], env_i[n, RQ_MODEL]
+        P, O = float(env_i[n, RQ_PROMPT]), float(env_i[n, RQ_OUTPUT])
         C = O * P + O * (O - 1.0) / 2.0  # context tokens summed over the decode steps
         rej = flags[n, FL_REJECTING]
         g, s, k, p = actions[n, 0], actions[n, 1], actions[n, 2], actions[n, 3]
@@ -318,12 +326,12 @@ def step(
             work /= freq
         cold = 0.0
         if model_f[m, MF_IS_MOE] > 0 and not local and cache_model[n, g - 1] != m:
-            cold = cold_s[g, m, p]
+            cold = plan_coef[d, g, m, s, 0, p, PC_COLD]
         work += cold
         server_j += cold * tgt_f[g, TG_BUSY_W]
         c = plan_coef[d, g, m, s, k, p]
-        h = head_coef[d, g, m, s]
-        head = (h[0] * P + h[1] * O + h[2] * C) / freq
+        h = split_coef[d, g, m, s]
+        head = (h[SC_HEAD] * P + h[SC_HEAD + 1] * O + h[SC_HEAD + 2] * C) / freq
         dev_power = dev_f[d, DV_STATIC_W] + dev_f[d, DV_DYNAMIC_W] * freq * freq * freq  # DVFS
         # ---- network
         up_s = 0.0
@@ -335,7 +343,7 @@ def step(
                 * 8.0
                 / rate
             )
-            net_s = up_s + (trips[m, s, 0] + trips[m, s, 1] * O) * dg[d, g, DG_RTT_S]
+            net_s = up_s + (h[SC_TRIPS] + h[SC_TRIPS + 1] * O) * dg[d, g, DG_RTT_S]
         device_j = (work if local else head) * dev_power + up_s * tx
         # ---- processor sharing on the target's resource row
         r = res_of_target[d, g]
@@ -366,16 +374,63 @@ def step(
         for j in range(objective_index.shape[0]):
             reward[n, j] = -costs[n, objective_index[j]]
         flags[n, FL_REJECTED] = rej
-        counters[n, CT_T] += 1
-        counters[n, CT_POS] += 1
-        flags[n, FL_TRUNCATED] = counters[n, CT_T] >= fp[FP_EPISODE]
-        if counters[n, CT_POS] >= blk_size:
+        env_i[n, CT_T] += 1
+        env_i[n, CT_POS] += 1
+        flags[n, FL_TRUNCATED] = env_i[n, CT_T] >= fp[FP_EPISODE]
+        if env_i[n, CT_POS] >= blk_size:
             refill = 1
             continue
-        _advance(n, fp, blk_f, counters, env_f, remaining, kv_bytes, used, busy)
+        _advance(n, fp, blk_f, env_i, env_f, remaining, kv_bytes, used, busy)
         _prepare(
-            n, fp, blk_f, blk_i, counters, req, env_f, remaining, used, busy, cache_model, battery,
+            n, fp, blk_f, blk_i, env_i, env_f, remaining, used, busy, cache_model, battery,
             dg, res_of_target, split_coef, feas_split, feas_tp, model_f, dev_f, srv_f, slots,
             ok_st, ok_p, masks, flags, free, obs,
         )  # fmt: skip
     return refill
+
+
+@njit(cache=True)
+def step(
+    actions, nvec, knobs, blk_size, fp, blk_f, blk_i, env_i, env_f, remaining, kv_bytes, used,
+    busy, cache_model, battery, dg, res_of_target, plan_coef, split_coef,
+    feas_split, feas_tp, model_f, dev_f, srv_f, tgt_f, slots, updates_cache, objective_index,
+    ok_st, ok_p, masks, flags, free, obs, costs, plan, fallback, reward,
+):  # fmt: skip
+    """One decision for every env (:func:`step_range` over all of them).
+
+    Returns ``-1 - (4 n + part)`` for the first action part out of range, before changing
+    anything; else :func:`step_range`'s refill flag.
+    """
+    code = _check_actions(actions, nvec)
+    if code < 0:
+        return code
+    return step_range(
+        0, actions.shape[0], actions, knobs, blk_size, fp, blk_f, blk_i, env_i, env_f, remaining, kv_bytes, used,
+        busy, cache_model, battery, dg, res_of_target, plan_coef, split_coef,
+        feas_split, feas_tp, model_f, dev_f, srv_f, tgt_f, slots, updates_cache, objective_index,
+        ok_st, ok_p, masks, flags, free, obs, costs, plan, fallback, reward,
+    )  # fmt: skip
+
+
+@njit(cache=True, parallel=True)
+def step_parallel(
+    chunks, actions, nvec, knobs, blk_size, fp, blk_f, blk_i, env_i, env_f, remaining, kv_bytes, used,
+    busy, cache_model, battery, dg, res_of_target, plan_coef, split_coef,
+    feas_split, feas_tp, model_f, dev_f, srv_f, tgt_f, slots, updates_cache, objective_index,
+    ok_st, ok_p, masks, flags, free, obs, costs, plan, fallback, reward,
+):  # fmt: skip
+    """:func:`step` with the envs split into ``chunks`` contiguous chunks run on numba's threads
+    (envs are independent, so the result is the same as the serial loop's, bit for bit)."""
+    code = _check_actions(actions, nvec)
+    if code < 0:
+        return code
+    N = actions.shape[0]
+    refill = np.zeros(chunks, np.int64)
+    for c in prange(chunks):
+        refill[c] = step_range(
+            c * N // chunks, (c + 1) * N // chunks, actions, knobs, blk_size, fp, blk_f, blk_i, env_i, env_f, remaining, kv_bytes, used,
+                busy, cache_model, battery, dg, res_of_target, plan_coef, split_coef,
+                feas_split, feas_tp, model_f, dev_f, srv_f, tgt_f, slots, updates_cache, objective_index,
+                ok_st, ok_p, masks, flags, free, obs, costs, plan, fallback, reward,
+        )  # fmt: skip
+    return 1 if refill.max() > 0 else 0

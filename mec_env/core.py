@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from mec_env import _kernels as kern
@@ -40,6 +41,7 @@ OBJECTIVE_INDEX = {"latency": 0, "energy": 1, "cost": 2, "accuracy": 3}
 ACTION_PARTS = ("target", "split", "kv_tier", "expert_policy")
 COST_NAMES = ("latency_s", "energy_j", "cost_usd", "accuracy_loss")
 MAX_BLOCK = 256  # requests drawn per refill
+PARALLEL_MIN_ENVS = 32  # below this, thread start-up costs more than it saves
 
 
 @dataclass
@@ -77,9 +79,27 @@ class OffloadCore:
         "cache_holds_model",
     )
 
-    def __init__(self, scenario, num_envs: int) -> None:
+    def __init__(self, scenario, num_envs: int, parallel: bool | None = None) -> None:
+        """Args:
+        scenario: a validated :class:`mec_env.scenario.Scenario`.
+        num_envs: number of independent worlds stepped together.
+        parallel: spread the envs of a step over numba's threads (the result is identical);
+            None (default) does so from ``PARALLEL_MIN_ENVS`` envs up when numba has more than
+            one thread (``NUMBA_NUM_THREADS``).
+        """
         self.scenario = sc = scenario
         self.n = int(num_envs)
+        if parallel is None:
+            parallel = self.n >= PARALLEL_MIN_ENVS and numba.config.NUMBA_NUM_THREADS > 1
+        self.parallel = bool(parallel)
+        # the compiled step and its leading arguments (the threaded form takes a chunk count)
+        if self.parallel:
+            self._kernel, self._kernel_lead = (
+                kern.step_parallel,
+                (min(numba.get_num_threads(), self.n),),
+            )
+        else:
+            self._kernel, self._kernel_lead = kern.step, ()
         self.tables: CostTables = build_cost_tables(sc, steady_state_hit_rate)
         t = self.tables
         self.num_devices = nd = len(sc.devices)
@@ -107,11 +127,26 @@ class OffloadCore:
         self.feas_tp = np.concatenate(
             [f.any(axis=(0, 3, 5)), f.any(axis=(0, 3, 4))], axis=2
         )  # [g, m, k|p]
-        self.plan_coef = np.concatenate(
-            [t.work_coef, t.energy_coef, t.accuracy_loss[..., None]], axis=-1
+        # the tables regrouped as the kernels read them (column names in _kernels)
+        shape6 = t.work_coef.shape[:6]
+        cold = np.broadcast_to(t.cold_miss_s[None, :, :, None, None, :], shape6)
+        self.plan_coef = np.ascontiguousarray(
+            np.concatenate(
+                [t.work_coef, t.energy_coef, t.accuracy_loss[..., None], cold[..., None]], axis=-1
+            )
         )
-        self.split_coef = np.concatenate(
-            [t.up_bytes_coef, t.kv_coef[..., None], t.held_bytes[..., None]], axis=-1
+        trips = np.broadcast_to(t.round_trips_coef[None, None], t.up_bytes_coef.shape[:4] + (2,))
+        self.split_coef = np.ascontiguousarray(
+            np.concatenate(
+                [
+                    t.up_bytes_coef,
+                    t.kv_coef[..., None],
+                    t.held_bytes[..., None],
+                    t.serial_coef,
+                    trips,
+                ],
+                axis=-1,
+            )
         )
 
         # network and capacity per (device, target): wired bottleneck, round trip, tier capacity
@@ -121,6 +156,9 @@ class OffloadCore:
         self.dg[:, :, kern.DG_WIRED_BPS] = np.inf
         self.dg[:, 1 : ns_real + 1, kern.DG_WIRED_BPS] = wired_gbps * 8e9
         self.dg[:, 1 : ns_real + 1, kern.DG_RTT_S] = 2.0 * latency_s
+        self.dg[:, :, kern.DG_LOG_WIRED] = np.minimum(
+            np.log10(self.dg[:, :, kern.DG_WIRED_BPS]) / 11.0, 1.0
+        )
         self.dg[:, :, kern.DG_CAP :] = t.tier_capacity_bytes
         self.res_of_target = np.empty((nd, G), dtype=np.int64)
         self.res_of_target[:, 0] = S + np.arange(nd)
@@ -200,13 +238,13 @@ class OffloadCore:
         self.busy = np.zeros((n, nr), dtype=np.int64)
         self.cache_model = np.full((n, self.max_servers), -1, dtype=np.int64)
         self.battery_j = np.zeros((n, self.num_devices))
-        self.counters = np.zeros((n, 2), dtype=np.int64)  # request count, position in block
+        # request count, position in the block, current request (device, model, P, O)
+        self.env_i = np.zeros((n, 6), dtype=np.int64)
         self.distance_m = np.zeros((n, self.num_devices))
         self.shadowing_db = np.zeros((n, self.num_devices))
         self.trace_cursor = np.zeros(n, dtype=np.int64)
         self.blk_f = np.zeros((n, self.block_size, 2))  # gap s, channel gain
         self.blk_i = np.zeros((n, self.block_size, 4), dtype=np.int64)  # device, model, P, O
-        self.req = np.zeros((n, 4), dtype=np.int64)
         self.env_f = np.zeros((n, kern.EF_RATE + G))
         self.ok_st = np.zeros((n, G, self.num_splits, K), dtype=bool)
         self.ok_p = np.zeros((n, G, NP), dtype=bool)
@@ -231,28 +269,44 @@ class OffloadCore:
         self.default_knobs[:, 0] = 1.0  # full frequency
         self.default_knobs[:, 2:] = -1.0  # one-hot tier of the action; tx power: device default
         self.all_envs = np.arange(n)
+        # every array the step kernel reads or writes after (actions, nvec, knobs): built once,
+        # since the arrays are only ever updated in place (saves ~1 us of attribute look-ups)
+        self._kernel_rest = (
+            self.block_size, self.fp, self.blk_f, self.blk_i, self.env_i, self.env_f,
+            self.remaining_s, self.kv_bytes, self.used_bytes, self.busy, self.cache_model,
+            self.battery_j, self.dg, self.res_of_target, self.plan_coef, self.split_coef,
+            self.feas_split, self.feas_tp, self.model_f, self.dev_f, self.srv_f, self.tgt_f,
+            self.slots_per_resource, self.tables.updates_cache, self.objective_index, self.ok_st,
+            self.ok_p, self.masks, self.flags, self.free_bytes, self.obs, self.costs, self.plan,
+            self.fallback, self.reward,
+        )  # fmt: skip
 
     # views by name
     @property
+    def req(self) -> np.ndarray:
+        """(N, 4) view of the current request: device, model, prompt tokens, output tokens."""
+        return self.env_i[:, kern.RQ_DEVICE :]
+
+    @property
     def req_device(self) -> np.ndarray:
-        return self.req[:, 0]
+        return self.env_i[:, kern.RQ_DEVICE]
 
     @property
     def req_model(self) -> np.ndarray:
-        return self.req[:, 1]
+        return self.env_i[:, kern.RQ_MODEL]
 
     @property
     def req_prompt(self) -> np.ndarray:
-        return self.req[:, 2]
+        return self.env_i[:, kern.RQ_PROMPT]
 
     @property
     def req_output(self) -> np.ndarray:
-        return self.req[:, 3]
+        return self.env_i[:, kern.RQ_OUTPUT]
 
     @property
     def t(self) -> np.ndarray:
         """Requests decided so far in the current episode, per env."""
-        return self.counters[:, kern.CT_T]
+        return self.env_i[:, kern.CT_T]
 
     @property
     def now_s(self) -> np.ndarray:
@@ -279,7 +333,7 @@ class OffloadCore:
             self.kv_bytes,
             self.used_bytes,
             self.busy,
-            self.counters,
+            self.env_i,
             self.env_f,
         ):
             a[idx] = 0
@@ -308,11 +362,11 @@ class OffloadCore:
             self.trace_cursor[idx] = cursor
         self.blk_f[idx] = np.stack([b.gap_s, b.gain], axis=-1)
         self.blk_i[idx] = np.stack([b.device, b.model, b.prompt_tokens, b.output_tokens], axis=-1)
-        self.counters[idx, kern.CT_POS] = 0
+        self.env_i[idx, kern.CT_POS] = 0
 
     def _prepare(self, idx: np.ndarray, advance_first: bool) -> None:
         kern.prepare(
-            idx, self.fp, self.blk_f, self.blk_i, self.counters, self.req, self.env_f,
+            idx, self.fp, self.blk_f, self.blk_i, self.env_i, self.env_f,
             self.remaining_s, self.kv_bytes, self.used_bytes, self.busy, self.cache_model,
             self.battery_j, self.dg, self.res_of_target, self.split_coef, self.feas_split,
             self.feas_tp, self.model_f, self.dev_f, self.srv_f, self.slots_per_resource,
@@ -353,15 +407,9 @@ class OffloadCore:
         Returns:
             The core's reused :class:`StepResult` buffers (valid until the next step).
         """
-        code = kern.step(
-            actions, self.nvec, self.default_knobs if knobs is None else knobs, self.block_size, self.fp,
-            self.blk_f, self.blk_i, self.counters, self.req, self.env_f, self.remaining_s,
-            self.kv_bytes, self.used_bytes, self.busy, self.cache_model, self.battery_j, self.dg,
-            self.res_of_target, self.plan_coef, self.tables.serial_coef, self.split_coef, self.tables.round_trips_coef,
-            self.tables.cold_miss_s, self.feas_split, self.feas_tp, self.model_f, self.dev_f,
-            self.srv_f, self.tgt_f, self.slots_per_resource, self.tables.updates_cache,
-            self.objective_index, self.ok_st, self.ok_p, self.masks, self.flags, self.free_bytes,
-            self.obs, self.costs, self.plan, self.fallback, self.reward,
+        code = self._kernel(
+            *self._kernel_lead, actions, self.nvec, self.default_knobs if knobs is None else knobs,
+            *self._kernel_rest,
         )  # fmt: skip
         if code < 0:
             n, part = divmod(-1 - code, 4)
@@ -369,7 +417,7 @@ class OffloadCore:
                 f"action[{part}] ({ACTION_PARTS[part]}) must be in [0, {self.nvec[part]}), got {actions[n, part]}"
             )
         if code:
-            idx = np.flatnonzero(self.counters[:, kern.CT_POS] >= self.block_size)
+            idx = np.flatnonzero(self.env_i[:, kern.CT_POS] >= self.block_size)
             self._refill(rng, idx)
             self._prepare(idx, advance_first=True)
         return self.result

@@ -45,7 +45,7 @@ class _OffloadBase:
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
 
-    def _setup(self, scenario, render_mode, invalid_action, num_envs):
+    def _setup(self, scenario, render_mode, invalid_action, num_envs, parallel=None):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(
                 f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}"
@@ -55,7 +55,7 @@ class _OffloadBase:
                 f"invalid_action must be one of {INVALID_ACTION_MODES}, got {invalid_action!r}"
             )
         self.scenario = load_scenario(scenario)
-        self.core = OffloadCore(self.scenario, num_envs)
+        self.core = OffloadCore(self.scenario, num_envs, parallel)
         self.render_mode = render_mode
         self.invalid_action = invalid_action
         nreq, ns, per = self.core.observation_size()
@@ -225,10 +225,11 @@ class LLMOffloadEnv(_OffloadBase, gym.Env):
     def _step(self, a: np.ndarray, knobs: np.ndarray | None = None):
         if self.invalid_action == "raise":
             self._enforce_masks(a)
-        model = self.core.req[0, 1]
-        result = self.core.step(a, self.np_random, knobs)
+        core = self.core
+        model = int(core.env_i[0, 3]) if self.render_mode is not None else -1
+        result = core.step(a, self.np_random, knobs)
         info = {
-            "action_mask": self.core.masks[0].copy(),
+            "action_mask": core.masks[0].copy(),
             "plan": result.plan[0].copy(),
             "fallback": result.fallback[0].copy(),
             "rejected": bool(result.rejected[0]),
@@ -237,17 +238,11 @@ class LLMOffloadEnv(_OffloadBase, gym.Env):
         if self.render_mode is not None:
             self._last = {
                 "plan": info["plan"],
-                "model": int(model),
+                "model": model,
                 "costs": info["costs"],
                 "fallback": info["fallback"],
             }
-        return (
-            self.core.obs[0].copy(),
-            result.reward[0].copy(),
-            False,
-            bool(result.truncated[0]),
-            info,
-        )
+        return core.obs[0].copy(), result.reward[0].copy(), False, bool(result.truncated[0]), info
 
     def step(self, action):
         a = self._action
@@ -345,6 +340,9 @@ class LLMOffloadVectorEnv(gym.vector.VectorEnv):
     NEXT_STEP mode: the step after an episode ends resets that sub-environment (its action is
     ignored, its reward is 0). ``action_masks()`` returns ``(num_envs, sum(nvec))``. All
     sub-environments draw from one Generator seeded by ``reset(seed=)``.
+
+    ``parallel``: spread the sub-environments of a step over numba's threads (identical
+    results); default: from 32 envs up when numba has more than one thread.
     """
 
     metadata = {"render_modes": ["ansi"], "autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP}
@@ -355,6 +353,7 @@ class LLMOffloadVectorEnv(gym.vector.VectorEnv):
         scenario="default",
         render_mode: str | None = None,
         invalid_action: str = "fallback",
+        parallel: bool | None = None,
     ) -> None:
         if (
             isinstance(num_envs, bool)
@@ -364,7 +363,7 @@ class LLMOffloadVectorEnv(gym.vector.VectorEnv):
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
         self._base = _OffloadBase()
         self._base.metadata = LLMOffloadEnv.metadata
-        self._base._setup(scenario, render_mode, invalid_action, int(num_envs))
+        self._base._setup(scenario, render_mode, invalid_action, int(num_envs), parallel)
         self.core = self._base.core
         self.scenario = self._base.scenario
         self.num_envs = int(num_envs)
@@ -412,7 +411,7 @@ class LLMOffloadVectorEnv(gym.vector.VectorEnv):
                 )
         result = self.core.step(a, self._rng)
         reward = result.reward.copy()
-        truncated = result.truncated
+        truncated = result.truncated.copy()
         if self._autoreset.any():
             reward[self._autoreset] = 0.0
             truncated[self._autoreset] = False
