@@ -244,6 +244,93 @@ def _check_actions(actions, nvec):
 
 
 @njit(cache=True)
+def _plan_cost(
+    n, g, s, k, p, frac, freq, tx, fp, env_i, env_f, remaining, busy, cache_model, dg,
+    res_of_target, plan_coef, split_coef, model_f, dev_f, tgt_f, out,
+):  # fmt: skip
+    """Costs of running env n's current request with plan (g, s, k, p), KV shares ``frac``,
+    frequency ratio ``freq`` and transmit power ``tx``, given the current state; nothing changes.
+
+    Writes ``out``: latency s (network + device head + processor-sharing completion + delay
+    added to the jobs already running on the target), energy J, cost USD, accuracy loss, the
+    exclusive work s placed on the target, and the device's energy J.
+    """
+    K = frac.shape[0]
+    R = remaining.shape[2]
+    d, m = env_i[n, RQ_DEVICE], env_i[n, RQ_MODEL]
+    P, O = float(env_i[n, RQ_PROMPT]), float(env_i[n, RQ_OUTPUT])
+    C = O * P + O * (O - 1.0) / 2.0  # context tokens summed over the decode steps
+    local = g == 0
+    # exclusive work on the target; tiers scan their KV share in parallel
+    work = 0.0
+    attn = 0.0
+    server_j = 0.0
+    for kk in range(K):
+        f = frac[kk]
+        if f > 0.0:
+            c = plan_coef[d, g, m, s, kk, p]
+            work += f * (c[PC_WORK] * P + c[PC_WORK + 1] * O)
+            attn = max(attn, f * c[PC_WORK + 2])
+            server_j += f * (c[PC_ENERGY] * P + c[PC_ENERGY + 1] * O + c[PC_ENERGY + 2] * C)
+    work += attn * C
+    if local:
+        work /= freq
+    cold = 0.0
+    if model_f[m, MF_IS_MOE] > 0 and not local and cache_model[n, g - 1] != m:
+        cold = plan_coef[d, g, m, s, 0, p, PC_COLD]
+    work += cold
+    server_j += cold * tgt_f[g, TG_BUSY_W]
+    h = split_coef[d, g, m, s]
+    head = (h[SC_HEAD] * P + h[SC_HEAD + 1] * O + h[SC_HEAD + 2] * C) / freq
+    dev_power = dev_f[d, DV_STATIC_W] + dev_f[d, DV_DYNAMIC_W] * freq * freq * freq  # DVFS
+    # network
+    up_s = 0.0
+    net_s = 0.0
+    if not local:
+        rate = min(_wireless_bps(fp, tx, env_f[n, EF_GAIN]), dg[d, g, DG_WIRED_BPS])
+        up_s = (h[SC_UP_P] * P + h[SC_UP_O] * O) * 8.0 / rate
+        net_s = up_s + (h[SC_TRIPS] + h[SC_TRIPS + 1] * O) * dg[d, g, DG_RTT_S]
+    device_j = (work if local else head) * dev_power + up_s * tx
+    # processor sharing on the target's resource row
+    r = res_of_target[d, g]
+    own, added = ps_row_own_added(remaining[n, r, R - busy[n, r] :], work)
+    out[0] = own + added + head + net_s
+    out[1] = (0.0 if local else server_j) + device_j
+    out[2] = work * tgt_f[g, TG_PRICE]
+    out[3] = plan_coef[d, g, m, s, k, p, PC_ACCURACY]
+    out[4] = work
+    out[5] = device_j
+
+
+@njit(cache=True)
+def plan_costs(
+    n, plans, fp, env_i, env_f, remaining, busy, cache_model, dg, res_of_target, plan_coef,
+    split_coef, model_f, dev_f, tgt_f, ok_st, ok_p, masks, flags, out,
+):  # fmt: skip
+    """Predicted costs (latency, energy, cost, accuracy) of each plan in ``plans`` (M, 4) for
+    env n's current request, all KV on the plan's tier, full frequency, default transmit power;
+    a plan that is not open (or any plan while the request is rejected) gets inf."""
+    K = ok_st.shape[3]
+    frac = np.zeros(K)
+    buf = np.empty(6)
+    d = env_i[n, RQ_DEVICE]
+    for i in range(plans.shape[0]):
+        g, s, k, p = plans[i, 0], plans[i, 1], plans[i, 2], plans[i, 3]
+        if flags[n, FL_REJECTING] or not (masks[n, g] and ok_st[n, g, s, k] and ok_p[n, g, p]):
+            for j in range(4):
+                out[i, j] = math.inf
+            continue
+        for kk in range(K):
+            frac[kk] = 1.0 if kk == k else 0.0
+        _plan_cost(
+            n, g, s, k, p, frac, 1.0, dev_f[d, DV_TX_W], fp, env_i, env_f, remaining, busy,
+            cache_model, dg, res_of_target, plan_coef, split_coef, model_f, dev_f, tgt_f, buf,
+        )  # fmt: skip
+        for j in range(4):
+            out[i, j] = buf[j]
+
+
+@njit(cache=True)
 def step_range(
     lo, hi, actions, knobs, blk_size, fp, blk_f, blk_i, env_i, env_f, remaining, kv_bytes, used,
     busy, cache_model, battery, dg, res_of_target, plan_coef, split_coef,
@@ -263,11 +350,11 @@ def step_range(
     K = ok_st.shape[3]
     R = remaining.shape[2]
     frac = np.empty(K)
+    out = np.empty(6)
     refill = 0
     for n in range(lo, hi):
         d, m = env_i[n, RQ_DEVICE], env_i[n, RQ_MODEL]
         P, O = float(env_i[n, RQ_PROMPT]), float(env_i[n, RQ_OUTPUT])
-        C = O * P + O * (O - 1.0) / 2.0  # context tokens summed over the decode steps
         rej = flags[n, FL_REJECTING]
         g, s, k, p = actions[n, 0], actions[n, 1], actions[n, 2], actions[n, 3]
         for j in range(4):
@@ -310,51 +397,17 @@ def step_range(
         freq = knobs[n, 0]
         tx = knobs[n, 1] if knobs[n, 1] > 0.0 else dev_f[d, DV_TX_W]
         local = g == 0
-        # ---- exclusive work on the target; tiers scan their KV share in parallel
-        work = 0.0
-        attn = 0.0
-        server_j = 0.0
-        for kk in range(K):
-            f = frac[kk]
-            if f > 0.0:
-                c = plan_coef[d, g, m, s, kk, p]
-                work += f * (c[PC_WORK] * P + c[PC_WORK + 1] * O)
-                attn = max(attn, f * c[PC_WORK + 2])
-                server_j += f * (c[PC_ENERGY] * P + c[PC_ENERGY + 1] * O + c[PC_ENERGY + 2] * C)
-        work += attn * C
-        if local:
-            work /= freq
-        cold = 0.0
-        if model_f[m, MF_IS_MOE] > 0 and not local and cache_model[n, g - 1] != m:
-            cold = plan_coef[d, g, m, s, 0, p, PC_COLD]
-        work += cold
-        server_j += cold * tgt_f[g, TG_BUSY_W]
-        c = plan_coef[d, g, m, s, k, p]
-        h = split_coef[d, g, m, s]
-        head = (h[SC_HEAD] * P + h[SC_HEAD + 1] * O + h[SC_HEAD + 2] * C) / freq
-        dev_power = dev_f[d, DV_STATIC_W] + dev_f[d, DV_DYNAMIC_W] * freq * freq * freq  # DVFS
-        # ---- network
-        up_s = 0.0
-        net_s = 0.0
-        if not local:
-            rate = min(_wireless_bps(fp, tx, env_f[n, EF_GAIN]), dg[d, g, DG_WIRED_BPS])
-            up_s = (
-                (split_coef[d, g, m, s, SC_UP_P] * P + split_coef[d, g, m, s, SC_UP_O] * O)
-                * 8.0
-                / rate
-            )
-            net_s = up_s + (h[SC_TRIPS] + h[SC_TRIPS + 1] * O) * dg[d, g, DG_RTT_S]
-        device_j = (work if local else head) * dev_power + up_s * tx
-        # ---- processor sharing on the target's resource row
         r = res_of_target[d, g]
-        own, added = ps_row_own_added(remaining[n, r, R - busy[n, r] :], work)
+        _plan_cost(
+            n, g, s, k, p, frac, freq, tx, fp, env_i, env_f, remaining, busy, cache_model, dg,
+            res_of_target, plan_coef, split_coef, model_f, dev_f, tgt_f, out,
+        )  # fmt: skip
+        work, device_j = out[4], out[5]
         if rej:
             costs[n, 0], costs[n, 1], costs[n, 2], costs[n, 3] = fp[FP_PENALTY_S], 0.0, 0.0, 0.0
         else:
-            costs[n, 0] = own + added + head + net_s
-            costs[n, 1] = (0.0 if local else server_j) + device_j
-            costs[n, 2] = work * tgt_f[g, TG_PRICE]
-            costs[n, 3] = c[PC_ACCURACY]
+            for j in range(4):
+                costs[n, j] = out[j]
             # place: the row is sorted ascending with empties first and has a free slot (mask)
             kv_total = split_coef[d, g, m, s, SC_KV] * (P + O) + split_coef[d, g, m, s, SC_HELD]
             q = R - busy[n, r] - 1  # the last empty slot

@@ -389,6 +389,30 @@ class OffloadCore:
         then one row per server slot; see ``LLMOffloadEnv``'s card for the layout."""
         return self.obs
 
+    # ---------------------------------------------------------------- plans
+    def open_plans(self, n: int = 0) -> np.ndarray:
+        """(M, 4) every plan (target, split, tier, policy) open for env n's current request,
+        parts chosen jointly (the conditional masks), in index order."""
+        g, s, k = np.nonzero(self.ok_st[n] & self.part_mask(0)[n][:, None, None])
+        plans = []
+        for gi, si, ki in zip(g, s, k, strict=True):
+            for p in np.flatnonzero(self.ok_p[n, gi]):
+                plans.append((gi, si, ki, p))
+        return np.array(plans, dtype=np.int64).reshape(-1, 4)
+
+    def plan_costs(self, plans: np.ndarray, n: int = 0) -> np.ndarray:
+        """(M, 4) predicted latency s, energy J, cost USD and accuracy loss of each plan for
+        env n's current request, from the current state (what :meth:`step` would charge with
+        the default knobs); inf for a plan that is not open. Changes nothing."""
+        plans = np.ascontiguousarray(plans, dtype=np.int64).reshape(-1, 4)
+        out = np.empty((plans.shape[0], 4))
+        kern.plan_costs(
+            n, plans, self.fp, self.env_i, self.env_f, self.remaining_s, self.busy,
+            self.cache_model, self.dg, self.res_of_target, self.plan_coef, self.split_coef,
+            self.model_f, self.dev_f, self.tgt_f, self.ok_st, self.ok_p, self.masks, self.flags, out,
+        )  # fmt: skip
+        return out
+
     # ---------------------------------------------------------------- step
     def step(
         self, actions: np.ndarray, rng: np.random.Generator, knobs: np.ndarray | None = None

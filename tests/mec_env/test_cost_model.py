@@ -276,3 +276,33 @@ def test_simulator_hit_rates_come_from_the_fitted_routing_generator():
             assert steady_state_hit_rate(model, rho * model.top_k) == pytest.approx(
                 target, abs=0.05
             )
+
+
+def test_plan_costs_predict_what_the_step_charges():
+    """core.plan_costs (used by the greedy baseline and the oracle) equals the step's costs."""
+    from mec_env.envs.llm_offload import LLMOffloadEnv
+    from mec_env.masks import MaskSampler
+
+    env = LLMOffloadEnv("default")
+    env.reset(seed=5)
+    rng = np.random.default_rng(5)
+    sample = MaskSampler(env.action_space.nvec)
+    mask = env.core.masks[0].copy()
+    checked = 0
+    for _ in range(300):
+        plans = env.core.open_plans()
+        if env.core.rejecting[0] or len(plans) == 0:
+            env.step(sample(mask, rng))
+            mask = env.core.masks[0].copy()
+            continue
+        predicted = env.core.plan_costs(plans)
+        assert np.all(np.isfinite(predicted))
+        i = int(rng.integers(len(plans)))
+        _, _, _, _, info = env.step(plans[i])
+        assert not info["fallback"].any()
+        np.testing.assert_allclose(info["costs"], predicted[i], rtol=1e-12)
+        checked += 1
+        mask = info["action_mask"]
+    assert checked > 250
+    closed = np.array([[env.core.nvec[0] - 1, 0, 0, 0]])  # a padded server slot
+    assert np.all(np.isinf(env.core.plan_costs(closed)))
