@@ -4,7 +4,7 @@ Importing the package registers the environments (Gymnasium 1.x does not load en
 
 * ``mec_env/LLMOffload-v0``: the main environment (MultiDiscrete plan, vector reward, masks);
   its natively batched vector env via ``gym.make_vec("mec_env/LLMOffload-v0", num_envs=...)``.
-* ``mec_env/LLMOffloadContinuous-v0``: the same dynamics with a Box action.
+* ``mec_env/LLMOffloadContinuous-v0``: the same dynamics with a Box action (and its vector env).
 * ``mec_env/GMORLOffload-v0``: the GMORL paper's world (cloud + E edges).
 
 Each id also resolves as ``"mec_env:mec_env/<Name>-v0"`` without an explicit import.
@@ -29,7 +29,8 @@ def _register() -> None:
             vector_entry_point="mec_env.envs.llm_offload:LLMOffloadVectorEnv",
         ),
         "mec_env/LLMOffloadContinuous-v0": dict(
-            entry_point="mec_env.envs.llm_offload:LLMOffloadContinuousEnv"
+            entry_point="mec_env.envs.llm_offload:LLMOffloadContinuousEnv",
+            vector_entry_point="mec_env.envs.llm_offload:LLMOffloadContinuousVectorEnv",
         ),
         "mec_env/GMORLOffload-v0": dict(
             entry_point="mec_env.envs.gmorl:GMORLOffloadEnv",

@@ -12,7 +12,12 @@ from mec_env.core import ACTION_PARTS, COST_NAMES, OffloadCore
 from mec_env.cost_model import EXPERT_POLICIES, KV_TIERS
 from mec_env.scenario import OBJECTIVES, load_scenario
 
-__all__ = ["LLMOffloadEnv", "LLMOffloadContinuousEnv", "LLMOffloadVectorEnv"]
+__all__ = [
+    "LLMOffloadEnv",
+    "LLMOffloadContinuousEnv",
+    "LLMOffloadVectorEnv",
+    "LLMOffloadContinuousVectorEnv",
+]
 
 INVALID_ACTION_MODES = ("fallback", "raise")
 
@@ -38,6 +43,54 @@ def _integral(a: np.ndarray) -> bool:
         and bool(np.all(np.isfinite(a)))
         and bool(np.all(a == np.round(a)))
     )
+
+
+def continuous_action_slices(nvec: np.ndarray) -> np.ndarray:
+    """Offsets of the parts of a continuous action: target, split, tier, policy scores, tx, freq."""
+    return np.cumsum([0, nvec[0], nvec[1], nvec[2], nvec[3], 1, 1])
+
+
+def check_continuous_actions(actions, dim: int) -> np.ndarray:
+    """(N, dim) float64 of ``actions`` in [-1, 1], or ValueError naming the problem."""
+    a = np.asarray(actions, dtype=np.float64)
+    if a.shape[-1:] != (dim,) or a.ndim > 2 or not np.all(np.isfinite(a)):
+        raise ValueError(f"action must be a finite array of shape ({dim},), got {actions!r}")
+    a = a.reshape(-1, dim)
+    if np.any(np.abs(a) > 1.0 + 1e-6):
+        row, col = np.argwhere(np.abs(a) > 1.0 + 1e-6)[0]
+        raise ValueError(f"action[{col}] must be in [-1, 1], got {a[row, col]}")
+    return a
+
+
+def decode_continuous(core: OffloadCore, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Plans (N, 4) and knobs (N, 6) for continuous actions ``a`` (N, dim) in [-1, 1].
+
+    Each part is chosen among the choices open given the parts already chosen (target, then
+    split, tier and policy on that target); the KV shares are a softmax (temperature 1/4) of
+    the tier scores, transmit power maps [-1, 1] to [1 %, 100 %] of the device's maximum, and
+    frequency to [freq_min_ghz, freq_max_ghz].
+    """
+    sl = continuous_action_slices(core.nvec)
+    rows = np.arange(a.shape[0])
+    masked = np.where(core.part_mask(0), a[:, sl[0] : sl[1]], -np.inf)
+    g = np.argmax(masked, axis=1)
+    splits_open = core.ok_st[rows, g].any(axis=2)
+    s = np.argmax(np.where(splits_open, a[:, sl[1] : sl[2]], -np.inf), axis=1)
+    tiers_open = core.ok_st[rows, g, s]
+    k = np.argmax(np.where(tiers_open, a[:, sl[2] : sl[3]], -np.inf), axis=1)
+    p = np.argmax(np.where(core.ok_p[rows, g], a[:, sl[3] : sl[4]], -np.inf), axis=1)
+    plans = np.stack([g, s, k, p], axis=1).astype(np.int64)
+    tiers = a[:, sl[2] : sl[3]]
+    share = np.exp(4.0 * (tiers - tiers.max(axis=1, keepdims=True)))  # a gap of 1: ~98 % on one
+    d = core.req_device
+    dev = core.scenario.devices
+    tx_max = np.array([x.tx_power_max_w for x in dev])[d]
+    f_min = np.array([x.freq_min_ghz for x in dev])[d]
+    f_max = np.array([x.freq_max_ghz for x in dev])[d]
+    tx = np.maximum(0.01, (a[:, sl[4]] + 1.0) / 2.0) * tx_max
+    ghz = f_min + (a[:, sl[5]] + 1.0) / 2.0 * (f_max - f_min)
+    knobs = np.column_stack([ghz / f_max, tx, share / share.sum(axis=1, keepdims=True)])
+    return plans, np.ascontiguousarray(knobs)
 
 
 class _OffloadBase:
@@ -289,44 +342,18 @@ class LLMOffloadContinuousEnv(LLMOffloadEnv):
 
     def __init__(self, scenario="default", render_mode: str | None = None) -> None:
         super().__init__(scenario, render_mode, "fallback")
-        n = self.core.nvec
-        self.slices = np.cumsum([0, n[0], n[1], n[2], n[3], 1, 1])
+        self.slices = continuous_action_slices(self.core.nvec)
         self.action_space = spaces.Box(-1.0, 1.0, (int(self.slices[-1]),), np.float32)
 
     def decode(self, action: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The plan (1, 4) and the knobs (1, 6): frequency ratio, transmit power W, KV shares."""
-        a = np.asarray(action, dtype=np.float64)
-        if a.shape != self.action_space.shape or not np.all(np.isfinite(a)):
+        if np.shape(action) != self.action_space.shape:
             raise ValueError(
-                f"action must be a finite array of shape {self.action_space.shape}, got {action!r}"
+                f"action must have shape {self.action_space.shape}, got shape {np.shape(action)}"
             )
-        if np.any(np.abs(a) > 1.0 + 1e-6):
-            i = int(np.argmax(np.abs(a)))
-            raise ValueError(f"action[{i}] must be in [-1, 1], got {a[i]}")
-        c, sl = self.core, self.slices
-        # choose part by part, each among the choices open given the parts already chosen
-        g = int(np.argmax(np.where(c.part_mask(0)[0], a[sl[0] : sl[1]], -np.inf)))
-        splits_open = c.ok_st[0, g].any(axis=1)
-        s = (
-            int(np.argmax(np.where(splits_open, a[sl[1] : sl[2]], -np.inf)))
-            if splits_open.any()
-            else 0
+        return decode_continuous(
+            self.core, check_continuous_actions(action, self.action_space.shape[0])
         )
-        tiers_open = c.ok_st[0, g, s]
-        p_open = c.ok_p[0, g]
-        p = int(np.argmax(np.where(p_open, a[sl[3] : sl[4]], -np.inf))) if p_open.any() else 0
-        scores = np.where(tiers_open, a[sl[2] : sl[3]], -np.inf)
-        k = int(np.argmax(scores)) if tiers_open.any() else 0
-        plan = np.array([[g, s, k, p]])
-        tiers = a[sl[2] : sl[3]]
-        share = np.exp(
-            4.0 * (tiers - tiers.max())
-        )  # temperature 1/4: a gap of 1 puts ~98 % on one tier
-        dev = self.scenario.devices[int(c.req[0, 0])]
-        tx = max(0.01, (a[sl[4]] + 1.0) / 2.0) * dev.tx_power_max_w
-        ghz = dev.freq_min_ghz + (a[sl[5]] + 1.0) / 2.0 * (dev.freq_max_ghz - dev.freq_min_ghz)
-        knobs = np.concatenate([[ghz / dev.freq_max_ghz, tx], share / share.sum()])[None, :]
-        return plan, knobs
 
     def step(self, action):
         plan, knobs = self.decode(action)
@@ -346,6 +373,7 @@ class LLMOffloadVectorEnv(gym.vector.VectorEnv):
     """
 
     metadata = {"render_modes": ["ansi"], "autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP}
+    continuous = False
 
     def __init__(
         self,
@@ -369,7 +397,11 @@ class LLMOffloadVectorEnv(gym.vector.VectorEnv):
         self.num_envs = int(num_envs)
         self.render_mode = render_mode
         self.single_observation_space = self._base.single_obs_space
-        self.single_action_space = spaces.MultiDiscrete(self.core.nvec)
+        if self.continuous:
+            dim = int(continuous_action_slices(self.core.nvec)[-1])
+            self.single_action_space = spaces.Box(-1.0, 1.0, (dim,), np.float32)
+        else:
+            self.single_action_space = spaces.MultiDiscrete(self.core.nvec)
         self.observation_space = gym.vector.utils.batch_space(
             self.single_observation_space, self.num_envs
         )
@@ -389,6 +421,12 @@ class LLMOffloadVectorEnv(gym.vector.VectorEnv):
         return self.core.obs.copy(), {"action_mask": self.core.masks.copy()}
 
     def step(self, actions):
+        if self.continuous:
+            a = check_continuous_actions(actions, self.single_action_space.shape[0])
+            if a.shape[0] != self.num_envs:
+                raise ValueError(f"actions must have {self.num_envs} rows, got {a.shape[0]}")
+            plans, knobs = decode_continuous(self.core, a)
+            return self._finish(self.core.step(plans, self._rng, knobs))
         a = _check_discrete_actions(actions, self.core.nvec)
         if a.shape[0] != self.num_envs:
             raise ValueError(f"actions must have {self.num_envs} rows, got {a.shape[0]}")
@@ -409,7 +447,9 @@ class LLMOffloadVectorEnv(gym.vector.VectorEnv):
                 raise ValueError(
                     f"actions[{row}, {col}] ({ACTION_PARTS[col]}) = {a[row, col]} is masked"
                 )
-        result = self.core.step(a, self._rng)
+        return self._finish(self.core.step(a, self._rng))
+
+    def _finish(self, result):
         reward = result.reward.copy()
         truncated = result.truncated.copy()
         if self._autoreset.any():
@@ -438,3 +478,11 @@ class LLMOffloadVectorEnv(gym.vector.VectorEnv):
                 f"--- env {i}\n" + self._base._render_text(i) for i in range(self.num_envs)
             )
         return None
+
+
+class LLMOffloadContinuousVectorEnv(LLMOffloadVectorEnv):
+    """``num_envs`` copies of ``LLMOffloadContinuous-v0`` stepped as one batch (see
+    :class:`LLMOffloadVectorEnv`); actions (num_envs, dim) in [-1, 1] decode as in the single
+    continuous env."""
+
+    continuous = True

@@ -781,3 +781,41 @@ def test_gmorl_ansi_render_names_every_server(env_id):
     for name in ("cloud", "edge 1", "edge 2", "edge 3"):
         assert name in text
     assert "edge 4" not in text
+
+
+def test_continuous_vector_env_matches_the_single_env_decoding():
+    """The continuous vector env decodes like the single env: the same plan and the same
+    costs, env by env, for the same observations and actions."""
+    venv = gym.make_vec(CONTINUOUS, num_envs=3)
+    assert venv.single_action_space.shape == make(CONTINUOUS).action_space.shape
+    _, info = venv.reset(seed=4)
+    rng = np.random.default_rng(0)
+    for _ in range(70):  # crosses an episode end
+        actions = rng.uniform(-1, 1, (3,) + venv.single_action_space.shape)
+        single = [_single_continuous_plan(venv, i, actions[i]) for i in range(3)]
+        _, reward, _, _, info = venv.step(actions)
+        assert reward.shape == (3, venv.reward_dim)
+        assert not info["fallback"].any()
+        for i in range(3):
+            np.testing.assert_array_equal(info["plan"][i], single[i])
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        venv.step(np.full((3,) + venv.single_action_space.shape, 2.0))
+
+
+def _single_continuous_plan(venv, i, action):
+    """The plan the single env's decode picks for env i's state (through a 1-row view)."""
+    from mec_env.envs.llm_offload import decode_continuous
+
+    class OneRow:
+        nvec = venv.core.nvec
+        scenario = venv.core.scenario
+        req_device = venv.core.req_device[i : i + 1]
+        ok_st = venv.core.ok_st[i : i + 1]
+        ok_p = venv.core.ok_p[i : i + 1]
+
+        @staticmethod
+        def part_mask(part):
+            return venv.core.part_mask(part)[i : i + 1]
+
+    plans, _ = decode_continuous(OneRow, action[None, :])
+    return plans[0]
