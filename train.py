@@ -1,0 +1,414 @@
+"""Train a multi-objective agent: one preference-conditioned policy for every trade-off.
+
+    python train.py --scenario default --algo dsac --timesteps 50000 --out runs/dsac
+    python train.py --env gmorl --algo dsac --timesteps 200000 --num-envs 64 --preferences gmorl
+    python train.py --algo ddpg --scenario tiny --timesteps 20000
+    python train.py --resume runs/dsac --timesteps 100000      # continue to 100k steps
+
+Writes into --out: ``config.yaml`` (the resolved options and scenario), ``checkpoint.pt``
+(networks, optimisers, entropy coefficient, replay buffer, RNG states, step counter),
+``progress.csv`` and TensorBoard events under ``tb/`` (per-objective returns, losses, entropy,
+and the hypervolume of a small periodic evaluation). Ctrl-C writes a checkpoint before exiting.
+Bad arguments exit with status 2 and one line naming the problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import signal
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+ENVS = {
+    "llm-offload": ("mec_env/LLMOffload-v0", "mec_env/LLMOffloadContinuous-v0"),
+    "gmorl": ("mec_env/GMORLOffload-v0", None),
+}
+ALGOS = ("dsac", "ddpg")
+CHECKPOINT = "checkpoint.pt"
+
+
+def build_parser():
+    from mec_env.cli import OneLineArgumentParser
+
+    ap = OneLineArgumentParser(
+        prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--scenario",
+        default="default",
+        help="scenario preset name or YAML path for --env llm-offload (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--env",
+        default="llm-offload",
+        choices=sorted(ENVS),
+        help="environment family (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--algo",
+        default="dsac",
+        choices=ALGOS,
+        help="dsac: multi-objective Discrete-SAC on the discrete env; ddpg: multi-objective DDPG on the continuous env (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--timesteps",
+        type=int,
+        default=50_000,
+        help="total environment steps, over all parallel envs (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the env, the agent and the preferences (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--num-envs",
+        type=int,
+        default=16,
+        help="parallel envs in the batched vector env (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--preferences",
+        default="uniform",
+        choices=("uniform", "gmorl"),
+        help="uniform: w ~ Dirichlet(1) per episode and env; gmorl: GMORL's evenly spaced set, one per env (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="output directory (default: runs/<algo>-<env or scenario>-s<seed>)",
+    )
+    ap.add_argument(
+        "--resume",
+        default=None,
+        metavar="DIR",
+        help="continue the run in DIR from its checkpoint (its options are kept; --timesteps sets the new total)",
+    )
+    ap.add_argument(
+        "--eval-every",
+        type=int,
+        default=10_000,
+        help="environment steps between evaluations (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--eval-preferences",
+        type=int,
+        default=11,
+        help="preferences in each periodic evaluation (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=25_000,
+        help="environment steps between checkpoints (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--gmorl-edges",
+        type=int,
+        default=None,
+        help="--env gmorl: fixed number of edge servers E (default: randomised over the training range 1..8)",
+    )
+    ap.add_argument(
+        "--device", default="cpu", help="torch device for the networks (default: %(default)s)"
+    )
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return ap
+
+
+def fail(msg: str):
+    from mec_env.cli import fail as _fail
+
+    _fail(msg)
+
+
+def resolve_options(args) -> dict[str, Any]:
+    """The run's options: from the command line, or from the checkpointed run on --resume."""
+    if args.timesteps < 1:
+        fail(f"--timesteps must be >= 1, got {args.timesteps}")
+    if args.resume is not None:
+        run = Path(args.resume)
+        if not (run / CHECKPOINT).is_file() or not (run / "config.yaml").is_file():
+            fail(f"--resume: {str(run)!r} has no {CHECKPOINT} and config.yaml to continue from")
+        opts = yaml.safe_load((run / "config.yaml").read_text())["options"]
+        opts.update(timesteps=args.timesteps, out=str(run), no_progress=args.no_progress)
+        return opts
+    for name in ("num_envs", "eval_every", "eval_preferences", "checkpoint_every"):
+        if getattr(args, name) < 1:
+            fail(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.algo == "ddpg" and ENVS[args.env][1] is None:
+        fail(
+            f"--algo ddpg needs a continuous env; --env {args.env} has none (use --env llm-offload)"
+        )
+    if args.gmorl_edges is not None and not 1 <= args.gmorl_edges <= 10:
+        fail(f"--gmorl-edges must be in 1..10, got {args.gmorl_edges}")
+    opts = {k: v for k, v in vars(args).items() if k != "resume"}
+    if opts["out"] is None:
+        what = "gmorl" if args.env == "gmorl" else Path(str(args.scenario)).stem
+        opts["out"] = str(Path("runs") / f"{args.algo}-{what}-s{args.seed}")
+    out = Path(opts["out"])
+    if (out / CHECKPOINT).exists():
+        fail(
+            f"--out {str(out)!r} already holds a run; continue it with --resume {out} or choose another --out"
+        )
+    return opts
+
+
+def make_vec_env(opts: dict[str, Any], num_envs: int, for_eval: bool = False):
+    import gymnasium as gym
+
+    import mec_env  # noqa: F401  (registers the environments)
+
+    env_id = ENVS[opts["env"]][1 if opts["algo"] == "ddpg" else 0]
+    kwargs: dict[str, Any] = {}
+    if opts["env"] == "llm-offload":
+        kwargs["scenario"] = opts["scenario_obj"]
+    elif opts.get("gmorl_edges") is not None:
+        kwargs["num_edges"] = opts["gmorl_edges"]
+    return gym.make_vec(env_id, num_envs=num_envs, **kwargs)
+
+
+def make_agent(opts: dict[str, Any], env):
+    if opts["algo"] == "dsac":
+        from agents.dsac import DiscreteSAC, DSACConfig
+
+        config = DSACConfig(device=opts["device"])
+        return DiscreteSAC(env, config, seed=opts["seed"]), config
+    from agents.ddpg import MODDPG, DDPGConfig
+
+    config = DDPGConfig(device=opts["device"])
+    return MODDPG(env, config, seed=opts["seed"]), config
+
+
+class Logger:
+    """progress.csv and TensorBoard, appended to on resume."""
+
+    def __init__(self, out: Path, reward_names: tuple[str, ...]) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.names = reward_names
+        self.columns = [
+            "step",
+            "wall_s",
+            *[f"return_{n}" for n in reward_names],
+            "episodes",
+            "critic_loss",
+            "policy_loss",
+            "alpha",
+            "entropy",
+            "eval_hypervolume",
+            "eval_expected_utility",
+        ]
+        path = out / "progress.csv"
+        new = not path.exists()
+        self.file = path.open("a", newline="")
+        self.csv = csv.DictWriter(self.file, fieldnames=self.columns, extrasaction="ignore")
+        if new:
+            self.csv.writeheader()
+        self.tb = SummaryWriter(str(out / "tb"))
+
+    def log(self, row: dict[str, Any]) -> None:
+        self.csv.writerow({k: row.get(k, "") for k in self.columns})
+        self.file.flush()
+        for k, v in row.items():
+            if k != "step" and isinstance(v, (int, float)) and np.isfinite(v):
+                self.tb.add_scalar(k, v, row["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        self.tb.close()
+
+
+def save_checkpoint(out: Path, agent, state: dict[str, Any]) -> None:
+    """Atomic: write to a temporary file, then rename over the old checkpoint."""
+    import torch
+
+    tmp = out / (CHECKPOINT + ".tmp")
+    torch.save({"agent": agent.state_dict(), **state}, tmp)
+    os.replace(tmp, out / CHECKPOINT)
+
+
+def evaluate(opts, agent, reward_dim: int, num_prefs: int, seed: int) -> dict[str, float]:
+    from agents.evaluation import episode_returns, front_metrics, return_bounds
+    from agents.preferences import evaluation_preferences
+
+    prefs = evaluation_preferences(reward_dim, num_prefs)
+    env = make_vec_env(opts, 1, for_eval=True)
+    low, high, ref = return_bounds(env)
+    env.close()
+
+    def policy(obs, info, weights):
+        return agent.act(obs, info.get("action_mask"), weights, deterministic=True)
+
+    returns = episode_returns(
+        lambda n: make_vec_env(opts, n, for_eval=True), policy, prefs, episodes=1, seed=seed
+    )
+    return front_metrics(returns, low, high, ref)
+
+
+def train(opts: dict[str, Any]) -> Path:
+    import torch
+    from tqdm import tqdm
+
+    from agents.preferences import PreferenceSampler
+    from mec_env import load_scenario
+
+    out = Path(opts["out"])
+    resuming = (out / CHECKPOINT).exists()
+    if opts["env"] == "llm-offload":
+        try:
+            opts["scenario_obj"] = (
+                load_scenario(opts["scenario"])
+                if not resuming
+                else load_scenario(out / "scenario.yaml")
+            )
+        except ValueError as err:
+            fail(f"--scenario: {err}")
+    out.mkdir(parents=True, exist_ok=True)
+    env = make_vec_env(opts, opts["num_envs"])
+    agent, config = make_agent(opts, env)
+    rng = np.random.default_rng(opts["seed"])
+    reward_dim = int(env.reward_dim)
+    prefs = PreferenceSampler(opts["preferences"], reward_dim, opts["num_envs"], rng)
+    step, episodes, start_wall = 0, 0, 0.0
+    if resuming:
+        ckpt = torch.load(out / CHECKPOINT, weights_only=False)
+        agent.load_state_dict(ckpt["agent"])
+        step, episodes, start_wall = ckpt["step"], ckpt["episodes"], ckpt["wall_s"]
+        rng.bit_generator.state = ckpt["rng"]
+        prefs.weights = ckpt["preferences"]
+    else:
+        saved = {k: v for k, v in opts.items() if k != "scenario_obj"}
+        config_doc = {
+            "options": saved,
+            "agent": {f.name: getattr(config, f.name) for f in fields(config)},
+        }
+        (out / "config.yaml").write_text(yaml.safe_dump(config_doc, sort_keys=False))
+        if "scenario_obj" in opts:
+            opts["scenario_obj"].to_yaml(out / "scenario.yaml")
+    names = (
+        tuple(getattr(getattr(env, "scenario", None), "objectives", None).names)
+        if opts["env"] == "llm-offload"
+        else ("delay", "energy")
+    )
+    logger = Logger(out, names)
+    # episodes in flight are not checkpointed: a resumed run starts fresh episodes, seeded by the step
+    obs, info = env.reset(seed=opts["seed"] + step)
+    autoreset = np.zeros(opts["num_envs"], bool)
+    ep_return = np.zeros((opts["num_envs"], reward_dim))
+    finished: list[np.ndarray] = []
+    last_losses: dict[str, float] = {}
+    next_eval = (step // opts["eval_every"] + 1) * opts["eval_every"]
+    next_ckpt = (step // opts["checkpoint_every"] + 1) * opts["checkpoint_every"]
+    t0 = time.perf_counter() - start_wall
+
+    def checkpoint() -> None:
+        save_checkpoint(
+            out,
+            agent,
+            {
+                "step": step,
+                "episodes": episodes,
+                "wall_s": time.perf_counter() - t0,
+                "rng": rng.bit_generator.state,
+                "preferences": prefs.weights.copy(),
+                "options": {k: v for k, v in opts.items() if k != "scenario_obj"},
+            },
+        )
+
+    bar = tqdm(
+        total=opts["timesteps"],
+        initial=min(step, opts["timesteps"]),
+        unit="step",
+        disable=opts.get("no_progress", False),
+        dynamic_ncols=True,
+    )
+    interrupted = False
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        while step < opts["timesteps"]:
+            masks = info.get("action_mask")
+            weights = prefs.weights
+            actions = agent.act(obs, masks, weights, deterministic=False)
+            next_obs, reward, terminated, truncated, next_info = env.step(actions)
+            keep = ~autoreset  # NEXT_STEP autoreset: a reset step carries no transition
+            if keep.any():
+                agent.store(
+                    obs[keep], actions[keep], reward[keep], next_obs[keep], terminated[keep], weights[keep],
+                    None if masks is None else masks[keep],
+                    None if masks is None else next_info["action_mask"][keep],
+                )  # fmt: skip
+            ep_return[keep] += reward[keep]
+            done = terminated | truncated
+            if done.any():
+                finished.extend(ep_return[done])
+                episodes += int(done.sum())
+                ep_return[done] = 0.0
+                prefs.resample(done)
+            autoreset = done
+            obs, info = next_obs, next_info
+            step += opts["num_envs"]
+            losses = agent.update()
+            if losses:
+                last_losses = losses
+            bar.update(opts["num_envs"])
+            if step >= next_eval or step >= opts["timesteps"]:
+                row: dict[str, Any] = {
+                    "step": step,
+                    "wall_s": round(time.perf_counter() - t0, 2),
+                    "episodes": episodes,
+                    **last_losses,
+                }
+                if finished:
+                    mean = np.mean(finished, axis=0)
+                    row.update({f"return_{n}": float(v) for n, v in zip(names, mean, strict=True)})
+                    finished = []
+                metrics = evaluate(
+                    opts, agent, reward_dim, opts["eval_preferences"], seed=10_000 + opts["seed"]
+                )
+                row.update(
+                    eval_hypervolume=metrics["hypervolume"],
+                    eval_expected_utility=metrics["expected_utility"],
+                )
+                logger.log(row)
+                bar.set_postfix(hv=f"{metrics['hypervolume']:.3f}")
+                next_eval += opts["eval_every"]
+            if step >= next_ckpt:
+                checkpoint()
+                next_ckpt += opts["checkpoint_every"]
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        bar.close()
+        checkpoint()
+        logger.close()
+        env.close()
+    verb = "interrupted at" if interrupted else "finished at"
+    print(f"{verb} {step} steps ({episodes} episodes, {time.perf_counter() - t0:.0f} s)")
+    print(f"checkpoint: {out / CHECKPOINT}")
+    print(f"logs: {out / 'progress.csv'} and TensorBoard: tensorboard --logdir {out / 'tb'}")
+    print(f"config: {out / 'config.yaml'}")
+    if interrupted:
+        sys.exit(130)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    opts = resolve_options(args)
+    train(opts)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
