@@ -241,16 +241,16 @@ def evaluate(opts, agent, reward_dim: int, num_prefs: int, seed: int) -> dict[st
     from agents.preferences import evaluation_preferences
 
     prefs = evaluation_preferences(reward_dim, num_prefs)
-    env = make_vec_env(opts, 1, for_eval=True)
+    env = make_vec_env(opts, len(prefs), for_eval=True)
     low, high, ref = return_bounds(env)
-    env.close()
 
     def policy(obs, info, weights):
         return agent.act(obs, info.get("action_mask"), weights, deterministic=True)
 
-    returns = episode_returns(
-        lambda n: make_vec_env(opts, n, for_eval=True), policy, prefs, episodes=1, seed=seed
-    )
+    try:
+        returns = episode_returns(env, policy, prefs, episodes=1, seed=seed)
+    finally:
+        env.close()
     return front_metrics(returns, low, high, ref)
 
 

@@ -36,7 +36,7 @@ def return_bounds(env) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def episode_returns(
-    make_env: Callable[[int], gym.vector.VectorEnv],
+    env: gym.vector.VectorEnv,
     policy: Callable[[np.ndarray, dict, np.ndarray], np.ndarray],
     preferences: np.ndarray,
     episodes: int = 1,
@@ -44,25 +44,23 @@ def episode_returns(
 ) -> np.ndarray:
     """Mean vector return (raw units) of ``policy`` for each preference, (P, reward_dim).
 
-    Builds one vector env with one sub-env per preference (``make_env(num_envs)``) and runs
-    ``episodes`` full episodes with seeds ``seed .. seed + episodes - 1``.
+    ``env`` is a vector env with one sub-env per preference; it runs ``episodes`` full
+    episodes with seeds ``seed .. seed + episodes - 1`` (the caller closes it).
     """
     prefs = np.asarray(preferences, dtype=np.float32)
-    env = make_env(len(prefs))
-    total = np.zeros(
-        (len(prefs), env.unwrapped.reward_dim if hasattr(env, "unwrapped") else env.reward_dim)
-    )
-    try:
-        for ep in range(episodes):
-            obs, info = env.reset(seed=seed + ep)
-            done = np.zeros(len(prefs), bool)
-            while not done.all():
-                actions = policy(obs, info, prefs)
-                obs, reward, terminated, truncated, info = env.step(actions)
-                total[~done] += reward[~done]
-                done |= terminated | truncated
-    finally:
-        env.close()
+    if env.num_envs != len(prefs):
+        raise ValueError(
+            f"env has {env.num_envs} sub-envs, one per preference needed ({len(prefs)})"
+        )
+    total = np.zeros((len(prefs), int(env.reward_dim)))
+    for ep in range(episodes):
+        obs, info = env.reset(seed=seed + ep)
+        done = np.zeros(len(prefs), bool)
+        while not done.all():
+            actions = policy(obs, info, prefs)
+            obs, reward, terminated, truncated, info = env.step(actions)
+            total[~done] += reward[~done]
+            done |= terminated | truncated
     return total / episodes
 
 

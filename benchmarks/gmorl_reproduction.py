@@ -39,6 +39,7 @@ def make_env(num_envs: int):
 
 def load_agent(run: Path):
     import torch
+
     from agents.dsac import DiscreteSAC, DSACConfig
 
     env = make_env(1)

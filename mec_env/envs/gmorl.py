@@ -618,6 +618,11 @@ class GMORLOffloadEnv(gym.Env):
         self._ended = False
         self._last: tuple[int, bool] | None = None
 
+    @property
+    def core(self) -> GMORLBatchedCore:
+        """The batched core this env is a view of (read its state; do not mutate it)."""
+        return self._core
+
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -745,6 +750,11 @@ class GMORLVectorEnv(VectorEnv):
         self._autoreset = np.zeros(self.num_envs, bool)
         self._ar = np.arange(self.num_envs)
         self._started = False
+
+    @property
+    def core(self) -> GMORLBatchedCore:
+        """The batched core this env is a view of (read its state; do not mutate it)."""
+        return self._core
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None

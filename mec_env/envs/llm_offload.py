@@ -459,6 +459,7 @@ class LLMOffloadVectorEnv(gym.vector.VectorEnv):
         self._autoreset = truncated.copy()
         info = {
             "action_mask": self.core.masks.copy(),
+            "rejected": result.rejected.copy(),
             "costs": result.costs.copy(),
             "plan": result.plan.copy(),
             "fallback": result.fallback.copy(),
