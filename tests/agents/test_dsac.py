@@ -1,0 +1,283 @@
+"""Multi-objective Discrete SAC: masks, the factorised closed forms, learning, checkpoints."""
+
+from __future__ import annotations
+
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import mec_env  # noqa: F401  (registers the environments)
+from agents.dsac import DiscreteSAC, DSACConfig
+from agents.networks import BranchingVectorCritic, split_masks
+
+LLM = "mec_env/LLMOffload-v0"
+GMORL = "mec_env/GMORLOffload-v0"
+SMALL = dict(hidden=32, embed=16, batch_size=64, learning_starts=64)
+
+# One phone, one A6000 edge server, TinyLlama only, short prompts: running locally is slow
+# (~1 s) but cheap (~8 J), offloading fast (~0.1 s) but dear (~26 J). No fading or shadowing,
+# so the uplink, and with it the ranking of the two targets, barely varies between requests.
+TWO_PLANS = {
+    "name": "two-plans",
+    "devices": ["phone"],
+    "servers": [{"preset": "edge-a6000", "name": "edge", "hosted_models": ["tinyllama-1.1b"]}],
+    "models": ["tinyllama-1.1b"],
+    "workload": {
+        "mix": {"tinyllama-1.1b": 1.0},
+        "arrival_rate_hz": 0.1,
+        "prompt_tokens_median": 128,
+        "prompt_tokens_sigma": 0.2,
+        "prompt_tokens_min": 64,
+        "prompt_tokens_max": 256,
+        "output_tokens_median": 32,
+        "output_tokens_sigma": 0.2,
+        "output_tokens_min": 16,
+        "output_tokens_max": 64,
+    },
+    "network": {"fading": "none", "shadowing_std_db": 0.0},
+    "max_servers": 1,
+    "episode_requests": 4,
+    # return bounds set so that one request's costs are O(1) after objective_scale
+    "objectives": {
+        "names": ["latency", "energy"],
+        "return_low": [-6.0, -120.0],
+        "return_high": [0.0, 0.0],
+        "reference_point": [-0.1, -0.1],
+    },
+}
+
+
+@pytest.fixture(autouse=True)
+def _quiet_single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the passive checker's "reward must be a float"
+        yield
+    torch.set_num_threads(threads)
+
+
+def _chosen_open(actions: np.ndarray, masks: np.ndarray, nvec) -> np.ndarray:
+    """(N, parts) bool: whether each part's choice is open in the flat masks."""
+    a = actions.reshape(len(masks), -1)
+    offsets = np.concatenate([[0], np.cumsum(nvec)])[:-1]
+    return masks[np.arange(len(masks))[:, None], a + offsets]
+
+
+# ---------------------------------------------------------------------------- masks and shapes
+@pytest.mark.parametrize("env_id", [LLM, GMORL])
+def test_actions_respect_random_masks(env_id):
+    envs = gym.make_vec(env_id, num_envs=8)
+    agent = DiscreteSAC(envs, DSACConfig(**SMALL), seed=0)
+    obs, _ = envs.reset(seed=0)
+    rng = np.random.default_rng(0)
+    obs = np.repeat(obs, 64, axis=0)  # 512 rows
+    nvec = agent.nvec
+    masks = rng.random((len(obs), sum(nvec))) < 0.3
+    for lo, hi in zip(np.cumsum([0, *nvec[:-1]]), np.cumsum(nvec), strict=True):
+        rows = ~masks[:, lo:hi].any(axis=1)  # every part keeps an open choice
+        masks[rows, lo + rng.integers(0, hi - lo, rows.sum())] = True
+    w = rng.dirichlet(np.ones(2), len(obs))
+    for deterministic in (False, True):
+        actions = agent.act(obs, masks, w, deterministic=deterministic)
+        assert actions.dtype == np.int64
+        assert actions.shape == ((len(obs),) if agent.discrete else (len(obs), len(nvec)))
+        assert _chosen_open(actions, masks, nvec).all()
+
+
+@pytest.mark.parametrize("env_id,kwargs", [(LLM, {"scenario": "tiny"}), (GMORL, {})])
+def test_env_loops_never_hit_a_mask(env_id, kwargs):
+    """invalid_action="raise": the envs raise on any masked part the agent would choose."""
+    vec = gym.make_vec(env_id, num_envs=4, invalid_action="raise", **kwargs)
+    single = gym.make(env_id, invalid_action="raise", **kwargs)
+    agent = DiscreteSAC(vec, DSACConfig(**SMALL), seed=1)
+    w = np.array([0.3, 0.7], np.float32)
+    obs, info = vec.reset(seed=0)
+    for t in range(40):
+        actions = agent.act(obs, info["action_mask"], w, deterministic=t % 2 == 0)
+        assert actions.shape == ((4,) if agent.discrete else (4, len(agent.nvec)))
+        obs, _, _, _, info = vec.step(actions)
+    obs, info = single.reset(seed=0)
+    for t in range(40):
+        action = agent.act(obs, info["action_mask"], w, deterministic=t % 2 == 1)
+        assert np.shape(action) == (() if agent.discrete else (len(agent.nvec),))
+        obs, _, terminated, truncated, info = single.step(action)
+        if terminated or truncated:
+            obs, info = single.reset()
+
+
+# ---------------------------------------------------------------------------- networks
+def test_expected_q_is_the_joint_expectation():
+    """E_pi[Q] and the entropy in closed form equal the sums over all joint actions."""
+    envs = gym.make_vec(LLM, num_envs=2, scenario="tiny")
+    agent = DiscreteSAC(envs, DSACConfig(**SMALL), seed=0)
+    obs, info = envs.reset(seed=3)
+    o, w = torch.as_tensor(obs), torch.tensor([[0.2, 0.8], [0.9, 0.1]])
+    masks = split_masks(torch.as_tensor(info["action_mask"]), agent.nvec, 2)
+    with torch.no_grad():
+        logp = agent.actor(o, w, masks)
+        value, adv = agent.qf1(o, w, masks)
+    probs = [lp.exp() for lp in logp]
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in agent.nvec], indexing="ij"), -1)
+    joint = torch.as_tensor(grid.reshape(-1, len(agent.nvec)))
+    for b in range(2):
+        acts = joint.clone()
+        q = BranchingVectorCritic.q_values(
+            value[b : b + 1].expand(len(acts), -1),
+            [a[b : b + 1].expand(len(acts), -1, -1) for a in adv],
+            acts,
+        )
+        p = torch.ones(len(acts))
+        for i, pi in enumerate(probs):
+            p = p * pi[b, acts[:, i]]
+        expected = BranchingVectorCritic.expected(value, adv, probs)[b]
+        torch.testing.assert_close((p[:, None] * q).sum(0), expected, rtol=1e-4, atol=1e-5)
+        entropy = -(p * torch.log(p.clamp(min=1e-30))).sum()
+        parts = -sum((pi[b] * lp[b]).sum() for pi, lp in zip(probs, logp, strict=True))
+        torch.testing.assert_close(entropy, parts, rtol=1e-4, atol=1e-5)
+        # advantages are centred over the open choices, and closed choices have pi = 0
+        for a, m, pi in zip(adv, masks, probs, strict=True):
+            assert torch.allclose(a[b][m[b]].sum(0), torch.zeros(2), atol=1e-5)
+            assert (pi[b][~m[b]] == 0).all()
+
+
+def test_target_logits_are_equivariant_to_server_order():
+    envs = gym.make_vec(LLM, num_envs=4)  # default: 4 of 8 server rows present
+    agent = DiscreteSAC(envs, DSACConfig(**SMALL), seed=0)
+    obs, info = envs.reset(seed=0)
+    lay = agent.layout
+    perm = np.random.default_rng(0).permutation(lay.num_servers)
+    rows = obs[:, lay.server_start :].reshape(len(obs), lay.num_servers, lay.server_dim)
+    obs_p = np.concatenate([obs[:, : lay.server_start], rows[:, perm].reshape(len(obs), -1)], 1)
+    masks = info["action_mask"].copy()
+    masks_p = masks.copy()
+    masks_p[:, 1 : 1 + lay.num_servers] = masks[:, 1 + perm]
+    w = torch.full((len(obs), 2), 0.5)
+    with torch.no_grad():
+        a = agent.actor(torch.as_tensor(obs), w, split_masks(torch.as_tensor(masks), agent.nvec, 4))
+        b = agent.actor(
+            torch.as_tensor(obs_p), w, split_masks(torch.as_tensor(masks_p), agent.nvec, 4)
+        )
+    target_p = torch.cat([a[0][:, :1], a[0][:, 1 + torch.as_tensor(perm)]], 1)
+    torch.testing.assert_close(b[0], target_p, rtol=1e-5, atol=1e-5)
+    for x, y in zip(a[1:], b[1:], strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- learning
+def test_learns_the_best_target_for_each_pure_preference():
+    """Uniform preferences in training; then w = (1, 0) must offload and w = (0, 1) run locally."""
+    config = DSACConfig(
+        hidden=64, embed=32, batch_size=128, lr=1e-3, alpha_lr=1e-3,
+        learning_starts=256, updates_per_step=4,
+    )  # fmt: skip
+    envs = gym.make_vec(LLM, num_envs=8, scenario=TWO_PLANS)
+    agent = DiscreteSAC(envs, config, seed=0)
+    logs = agent.learn(envs, 2400, seed=0)
+    assert logs["updates"] >= 1000 and np.isfinite(logs["critic_loss"])
+
+    # parallel=False: numba's OpenMP layer would otherwise change torch's thread count
+    test = gym.make_vec(LLM, num_envs=32, scenario=TWO_PLANS, parallel=False)
+    core = test.unwrapped.core
+    obs, info = test.reset(seed=123)
+    hits = {(1.0, 0.0): [], (0.0, 1.0): []}
+    rng = np.random.default_rng(0)
+    for _ in range(5):  # 160 fresh states, of which those where both targets are open count
+        both = info["action_mask"][:, :2].all(axis=1)
+        for k, w in enumerate(hits):
+            acts = agent.act(obs, info["action_mask"], np.array(w), deterministic=True)
+            for n in np.flatnonzero(both):
+                plans = core.open_plans(n)
+                best = plans[np.argmin(core.plan_costs(plans, n)[:, k]), 0]
+                assert best == (1 if k == 0 else 0)  # offload for latency, local for energy
+                hits[w].append(acts[n, 0] == best)
+        obs, _, _, _, info = test.step(agent.act(obs, info["action_mask"], rng.dirichlet([1, 1])))
+    for w, h in hits.items():
+        assert len(h) >= 100
+        assert np.mean(h) >= 0.9, f"w={w}: right target on {np.mean(h):.0%} of {len(h)} states"
+
+
+def test_gmorl_smoke_run():
+    envs = gym.make_vec(GMORL, num_envs=8, invalid_action="raise")
+    config = DSACConfig(**{**SMALL, "learning_starts": 256, "preferences": "gmorl"})
+    agent = DiscreteSAC(envs, config, seed=0)
+    logs = agent.learn(envs, 8 * 300, seed=0)  # ~270 updates
+    assert logs["updates"] >= 250
+    assert all(np.isfinite(v) for v in logs.values())
+    for net in (agent.actor, agent.qf1, agent.qf2, agent.qf1_target):
+        assert all(torch.isfinite(p).all() for p in net.parameters())
+    stored = agent.buffer.actions[: len(agent.buffer)]
+    masks = agent.buffer.masks[: len(agent.buffer)]
+    assert masks[np.arange(len(stored)), stored].all()
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def _same_state(a: DiscreteSAC, b: DiscreteSAC) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    for name in ("actor", "qf1", "qf2", "qf1_target", "qf2_target"):
+        for k in sa[name]:
+            assert torch.equal(sa[name][k], sb[name][k]), f"{name}.{k}"
+    for name in ("actor_optimizer", "critic_optimizer", "alpha_optimizer"):
+        for k, st in sa[name]["state"].items():
+            for key, v in st.items():
+                assert torch.equal(torch.as_tensor(v), torch.as_tensor(sb[name]["state"][k][key]))
+    for k, v in sa["buffer"].items():
+        assert np.array_equal(v, sb["buffer"][k]), k
+    assert torch.equal(sa["log_alpha"], sb["log_alpha"])
+    assert sa["numpy_rng"] == sb["numpy_rng"]
+    assert torch.equal(sa["torch_rng"], sb["torch_rng"])
+    assert (sa["num_updates"], sa["num_env_steps"]) == (sb["num_updates"], sb["num_env_steps"])
+
+
+def test_resume_reproduces_training(tmp_path):
+    torch.use_deterministic_algorithms(True)
+    try:
+        envs = gym.make_vec(LLM, num_envs=8, scenario="tiny")
+        config = DSACConfig(**{**SMALL, "buffer_size": 4096, "updates_per_step": 2})
+        agent = DiscreteSAC(envs, config, seed=7)
+        assert agent.update() == {}  # nothing stored yet: no step
+        agent.learn(envs, 8 * 40, seed=0)  # 320 transitions, ~64 updates
+        assert agent.num_updates > 0
+        agent.save(tmp_path / "dsac.pt")
+        resumed = DiscreteSAC.load(tmp_path / "dsac.pt", envs)
+        _same_state(agent, resumed)
+
+        obs, info = envs.reset(seed=1)
+        w = np.array([0.5, 0.5])
+        for a in (agent, resumed):
+            logs = [a.update() for _ in range(5)]
+            a.last = (logs, a.act(obs, info["action_mask"], w))
+        assert agent.last[0] == resumed.last[0]
+        assert np.array_equal(agent.last[1], resumed.last[1])
+        _same_state(agent, resumed)
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_checkpoint_rejects_another_env(tmp_path):
+    agent = DiscreteSAC(gym.make_vec(LLM, num_envs=2, scenario="tiny"), DSACConfig(**SMALL))
+    agent.save(tmp_path / "a.pt")
+    with pytest.raises(ValueError, match="spaces"):
+        DiscreteSAC.load(tmp_path / "a.pt", gym.make_vec(GMORL, num_envs=2))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback without CUDA")
+def test_cuda_falls_back_to_cpu_without_cuda():
+    envs = gym.make_vec(GMORL, num_envs=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        agent = DiscreteSAC(envs, DSACConfig(**SMALL, device="cuda"))
+    assert agent.device.type == "cpu" and any("CUDA" in str(c.message) for c in caught)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_trains_on_cuda():
+    envs = gym.make_vec(LLM, num_envs=8, scenario="tiny")
+    agent = DiscreteSAC(envs, DSACConfig(**SMALL, device="cuda"), seed=0)
+    logs = agent.learn(envs, 8 * 20, seed=0)
+    assert agent.device.type == "cuda" and logs["updates"] > 0
+    assert all(np.isfinite(v) for v in logs.values())
