@@ -357,9 +357,10 @@ def train(opts: dict[str, Any]) -> Path:
             autoreset = done
             obs, info = next_obs, next_info
             step += opts["num_envs"]
-            losses = agent.update()
-            if losses:
-                last_losses = losses
+            for _ in range(getattr(config, "updates_per_step", 1)):
+                losses = agent.update()
+                if losses:
+                    last_losses = losses
             bar.update(opts["num_envs"])
             if step >= next_eval or step >= opts["timesteps"]:
                 row: dict[str, Any] = {

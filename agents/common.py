@@ -11,13 +11,14 @@ Interfaces (batched over parallel envs, leading axis N):
 * a **baseline** (``agents.baselines``) has ``act(obs, info) -> action`` for one env, and
   ``act_batch(obs, info) -> actions`` for a vector env.
 
-Rewards are learned in normalised units: each objective is divided by its per-request scale
-(:func:`objective_scale`), so that a preference weighs objectives of very different units
-(seconds and joules) on comparable terms. Evaluation and fronts always use the raw rewards.
+Rewards are learned in normalised units: each objective is divided by its typical per-request
+magnitude (:func:`objective_scale`), so that a preference weighs objectives of very different
+units (seconds and joules) on comparable terms. Evaluation and fronts always use raw rewards.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,17 +26,45 @@ import numpy as np
 __all__ = ["ObsLayout", "objective_scale", "obs_layout"]
 
 
+SCALE_EPISODES = 4  # random-policy episodes that measure the typical per-request cost
+SCALE_SEED = 0
+
+
 def objective_scale(env) -> np.ndarray:
-    """Per-objective reward scale: the scenario's return range / episode length (LLMOffload
-    envs), or ones (envs whose rewards are already scaled, e.g. GMORLOffload's alpha_T, alpha_E)."""
+    """Per-objective reward scale for learning: the mean magnitude of a request's reward under
+    a uniformly random valid policy, measured once on a fresh copy of the env's scenario
+    (``SCALE_EPISODES`` episodes, fixed seed, so the scale is a property of the scenario).
+    Envs without a scenario (GMORLOffload, whose rewards are already scaled by alpha_T and
+    alpha_E) get ones. Dividing by it puts a second of latency and a joule of energy on
+    comparable terms before a preference weighs them."""
     u = getattr(env, "unwrapped", env)
     scenario = getattr(u, "scenario", None)
     dim = int(u.reward_dim)
     if scenario is None:
         return np.ones(dim, np.float32)
-    o = scenario.objectives
-    span = np.asarray(o.return_high, float) - np.asarray(o.return_low, float)
-    return (span / scenario.episode_requests).astype(np.float32)
+    return _scenario_scale(scenario)
+
+
+@functools.lru_cache(maxsize=32)
+def _scenario_scale(scenario) -> np.ndarray:
+    from mec_env.envs.llm_offload import LLMOffloadEnv
+    from mec_env.masks import MaskSampler
+
+    env = LLMOffloadEnv(scenario)
+    rng = np.random.default_rng(SCALE_SEED)
+    sample = MaskSampler(env.action_space.nvec)
+    total, count = np.zeros(env.reward_dim), 0
+    for episode in range(SCALE_EPISODES):
+        _, info = env.reset(seed=SCALE_SEED + episode)
+        done = False
+        while not done:
+            _, reward, terminated, truncated, info = env.step(sample(info["action_mask"], rng))
+            total += np.abs(reward)
+            count += 1
+            done = terminated or truncated
+    scale = np.maximum(total / count, 1e-6).astype(np.float32)
+    scale.setflags(write=False)
+    return scale
 
 
 @dataclass(frozen=True)

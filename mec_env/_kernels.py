@@ -15,8 +15,17 @@ from __future__ import annotations
 
 import math
 
+import os
+
+import numba
 import numpy as np
 from numba import njit, prange
+
+# The threaded step uses numba's own "workqueue" thread pool: the OpenMP layer would share its
+# runtime with PyTorch's and change torch's thread count, slowing training that runs beside
+# the env. NUMBA_THREADING_LAYER still chooses when set.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
 
 from mec_env.cost_model import ps_row_own_added, ps_row_served
 

@@ -1,0 +1,104 @@
+"""train.py run as a user runs it: tiny budgets, resume, Ctrl-C, bad arguments."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["--scenario", "tiny", "--num-envs", "4", "--eval-every", "64", "--eval-preferences", "3", "--checkpoint-every", "64", "--no-progress"]
+
+
+def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.parametrize("algo", ["dsac", "ddpg"])
+def test_train_end_to_end_then_resume(tmp_path, algo):
+    import torch
+
+    out = tmp_path / "run"
+    first = run("--algo", algo, "--timesteps", "128", "--out", str(out), *TINY)
+    assert first.returncode == 0, first.stderr[-3000:]
+    for name in ("config.yaml", "scenario.yaml", "checkpoint.pt", "progress.csv"):
+        assert (out / name).is_file(), name
+    assert any((out / "tb").iterdir())
+    assert f"checkpoint: {out / 'checkpoint.pt'}" in first.stdout
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["step"] == 128
+    logged = rows(out / "progress.csv")
+    assert [int(r["step"]) for r in logged] == [64, 128]
+    assert all(r["eval_hypervolume"] != "" for r in logged)
+    # resume continues from step 128 to 256
+    second = run("--resume", str(out), "--timesteps", "256", "--no-progress")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 256
+    assert [int(r["step"]) for r in rows(out / "progress.csv")] == [64, 128, 192, 256]
+    # the same --out without --resume is refused: nothing written is lost
+    again = run("--algo", algo, "--timesteps", "64", "--out", str(out), *TINY)
+    assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1
+    assert "--resume" in again.stderr
+
+
+def test_ctrl_c_writes_a_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", "--timesteps", "10000000", "--out", str(out), *TINY],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and not (out / "progress.csv").exists():
+        time.sleep(0.5)
+    assert (out / "progress.csv").exists(), "training never logged"
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "interrupted at" in stdout
+    import torch
+
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--timesteps", "0"], "--timesteps"),
+        (["--num-envs", "0"], "--num-envs"),
+        (["--algo", "ppo"], "--algo"),
+        (["--scenario", "no-such-scenario"], "--scenario"),
+        (["--env", "gmorl", "--algo", "ddpg"], "continuous"),
+        (["--resume", "/no/such/run"], "--resume"),
+        (["--gmorl-edges", "99", "--env", "gmorl"], "--gmorl-edges"),
+        (["--timesteps", "ten"], "--timesteps"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(tmp_path, args, fragment):
+    result = run(*args, "--out", str(tmp_path / "x"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_help_documents_every_option():
+    result = run("--help")
+    assert result.returncode == 0
+    for option in ("--scenario", "--algo", "--timesteps", "--seed", "--num-envs", "--preferences", "--out", "--resume"):
+        assert option in result.stdout
