@@ -14,7 +14,6 @@ per device), q slot.
 from __future__ import annotations
 
 import math
-
 import os
 
 import numba
