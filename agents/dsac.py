@@ -360,7 +360,7 @@ class DiscreteSAC:
             "critic_loss": float(critic_loss.detach()),
             "policy_loss": float(policy_loss.detach()),
             "alpha": float(alpha),
-            "entropy": float(entropy.mean()),
+            "entropy": float(entropy.mean().detach()),
         }
 
     def _clip(self, optimizer: torch.optim.Optimizer) -> None:

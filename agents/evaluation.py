@@ -30,8 +30,10 @@ def return_bounds(env) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         getattr(u, "_core", None), "episode_steps", 100
     )
     space = u.reward_space
-    low = np.asarray(space.low, float) * steps
-    high = np.asarray(space.high, float) * steps
+    low, high = np.asarray(space.low, float), np.asarray(space.high, float)
+    if low.ndim == 2:  # a vector env's batched reward space: every row is the same
+        low, high = low[0], high[0]
+    low, high = low * steps, high * steps
     return low, high, np.full(low.shape, -0.1)
 
 

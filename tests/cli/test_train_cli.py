@@ -13,11 +13,29 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = ["--scenario", "tiny", "--num-envs", "4", "--eval-every", "64", "--eval-preferences", "3", "--checkpoint-every", "64", "--no-progress"]
+TINY = [
+    "--scenario",
+    "tiny",
+    "--num-envs",
+    "4",
+    "--eval-every",
+    "64",
+    "--eval-preferences",
+    "3",
+    "--checkpoint-every",
+    "64",
+    "--no-progress",
+]
 
 
 def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "train.py", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def rows(path: Path) -> list[dict[str, str]]:
@@ -50,6 +68,18 @@ def test_train_end_to_end_then_resume(tmp_path, algo):
     again = run("--algo", algo, "--timesteps", "64", "--out", str(out), *TINY)
     assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1
     assert "--resume" in again.stderr
+
+
+def test_train_on_the_gmorl_env(tmp_path):
+    out = tmp_path / "gmorl"
+    args = ["--env", "gmorl", "--gmorl-edges", "3", "--num-envs", "4", "--timesteps", "128"]
+    result = run(
+        *args, "--eval-every", "64", "--eval-preferences", "3", "--out", str(out), "--no-progress"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    logged = rows(out / "progress.csv")
+    assert [int(r["step"]) for r in logged] == [64, 128]
+    assert all(0.0 <= float(r["eval_hypervolume"]) for r in logged)
 
 
 def test_ctrl_c_writes_a_checkpoint(tmp_path):
@@ -100,5 +130,14 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, args, fragment):
 def test_help_documents_every_option():
     result = run("--help")
     assert result.returncode == 0
-    for option in ("--scenario", "--algo", "--timesteps", "--seed", "--num-envs", "--preferences", "--out", "--resume"):
+    for option in (
+        "--scenario",
+        "--algo",
+        "--timesteps",
+        "--seed",
+        "--num-envs",
+        "--preferences",
+        "--out",
+        "--resume",
+    ):
         assert option in result.stdout
