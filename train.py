@@ -120,6 +120,12 @@ def build_parser():
     ap.add_argument(
         "--device", default="cpu", help="torch device for the networks (default: %(default)s)"
     )
+    ap.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="CPU threads for torch; 1 is robust when the env or other work shares the cores (default: %(default)s)",
+    )
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     return ap
 
@@ -141,7 +147,7 @@ def resolve_options(args) -> dict[str, Any]:
         opts = yaml.safe_load((run / "config.yaml").read_text())["options"]
         opts.update(timesteps=args.timesteps, out=str(run), no_progress=args.no_progress)
         return opts
-    for name in ("num_envs", "eval_every", "eval_preferences", "checkpoint_every"):
+    for name in ("num_envs", "eval_every", "eval_preferences", "checkpoint_every", "torch_threads"):
         if getattr(args, name) < 1:
             fail(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.algo == "ddpg" and ENVS[args.env][1] is None:
@@ -261,6 +267,7 @@ def train(opts: dict[str, Any]) -> Path:
     from agents.preferences import PreferenceSampler
     from mec_env import load_scenario
 
+    torch.set_num_threads(int(opts.get("torch_threads", 1)))
     out = Path(opts["out"])
     resuming = (out / CHECKPOINT).exists()
     if opts["env"] == "llm-offload":
