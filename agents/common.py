@@ -42,7 +42,7 @@ def objective_scale(env) -> np.ndarray:
     dim = int(u.reward_dim)
     if scenario is None:
         return np.ones(dim, np.float32)
-    return _scenario_scale(scenario)
+    return _scenario_scale(scenario).copy()
 
 
 @functools.lru_cache(maxsize=32)
