@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ObsLayout", "objective_scale", "obs_layout"]
+__all__ = ["CheckpointMixin", "ObsLayout", "objective_scale", "obs_layout"]
 
 
 SCALE_EPISODES = 4  # random-policy episodes that measure the typical per-request cost
@@ -109,3 +109,40 @@ def obs_layout(env) -> ObsLayout:
         features, rows = space.shape
         return ObsLayout(global_dim=0, num_servers=rows, server_dim=features, transposed=True)
     raise ValueError(f"no known observation layout for {type(u).__name__} with space {space}")
+
+
+class CheckpointMixin:
+    """``save`` / ``load`` of a learning agent's :meth:`state_dict` with ``torch.save``.
+
+    The file loads with ``weights_only=True``: the replay buffer's numpy arrays are stored as
+    tensors. A subclass names its config dataclass in ``CONFIG_CLASS``.
+    """
+
+    CONFIG_CLASS: type
+
+    def save(self, path) -> None:
+        """Write :meth:`state_dict` with ``torch.save`` (loadable with ``weights_only=True``)."""
+        import torch
+
+        state = self.state_dict()
+        state["buffer"] = {
+            k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+            for k, v in state["buffer"].items()
+        }
+        torch.save(state, path)
+
+    @classmethod
+    def load(cls, path, env, device: str | None = None):
+        """An agent for ``env`` restored from :meth:`save` (its config; ``device`` overrides)."""
+        import torch
+
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state["buffer"] = {
+            k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in state["buffer"].items()
+        }
+        config = cls.CONFIG_CLASS(**state["config"])
+        if device is not None:
+            config.device = device
+        agent = cls(env, config)
+        agent.load_state_dict(state)
+        return agent

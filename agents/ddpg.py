@@ -34,7 +34,6 @@ import copy
 import math
 import warnings
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -43,7 +42,7 @@ from gymnasium import spaces
 from torch import Tensor, nn
 
 from agents.buffer import ReplayBuffer
-from agents.common import ObsLayout, objective_scale, obs_layout
+from agents.common import CheckpointMixin, ObsLayout, objective_scale, obs_layout
 from agents.networks import ServerSetEncoder, TargetHead, mlp, target_has_local
 from agents.preferences import PREFERENCE_MODES, PreferenceSampler
 
@@ -261,7 +260,7 @@ class _Critics(nn.Module):
         return torch.stack([q(obs, a, w) for q in self.qs])
 
 
-class MODDPG:
+class MODDPG(CheckpointMixin):
     """Multi-objective DDPG (see the module docstring for the equations).
 
     Args:
@@ -278,6 +277,8 @@ class MODDPG:
     training loop :meth:`learn`. The ``masks`` arguments are accepted and ignored: the
     continuous decoder only picks open choices.
     """
+
+    CONFIG_CLASS = DDPGConfig
 
     def __init__(self, env, config: DDPGConfig | None = None, seed: int = 0) -> None:
         self.config = cfg = config or DDPGConfig()
@@ -550,26 +551,3 @@ class MODDPG:
         self.num_updates = int(state["num_updates"])
         self.num_actor_updates = int(state["num_actor_updates"])
         self._actor_loss = float(state["actor_loss"])
-
-    def save(self, path: str | Path) -> None:
-        """Write :meth:`state_dict` with ``torch.save`` (loadable with ``weights_only=True``)."""
-        state = self.state_dict()
-        state["buffer"] = {
-            k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
-            for k, v in state["buffer"].items()
-        }
-        torch.save(state, path)
-
-    @classmethod
-    def load(cls, path: str | Path, env, device: str | None = None) -> MODDPG:
-        """An agent for ``env`` restored from :meth:`save` (its config; ``device`` overrides)."""
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state["buffer"] = {
-            k: v.numpy() if isinstance(v, Tensor) else v for k, v in state["buffer"].items()
-        }
-        config = DDPGConfig(**state["config"])
-        if device is not None:
-            config.device = device
-        agent = cls(env, config)
-        agent.load_state_dict(state)
-        return agent

@@ -50,7 +50,6 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,7 +59,7 @@ from gymnasium import spaces
 from torch import Tensor, nn
 
 from agents.buffer import ReplayBuffer
-from agents.common import objective_scale, obs_layout
+from agents.common import CheckpointMixin, objective_scale, obs_layout
 from agents.networks import BranchingVectorCritic, FactorisedPolicy, split_masks
 from agents.preferences import PreferenceSampler
 
@@ -143,7 +142,7 @@ def _resolve_device(name: str) -> torch.device:
     return device
 
 
-class DiscreteSAC:
+class DiscreteSAC(CheckpointMixin):
     """Multi-objective Discrete SAC (see the module docstring for the equations).
 
     Args:
@@ -158,6 +157,8 @@ class DiscreteSAC:
     :meth:`state_dict` / :meth:`load_state_dict`, plus :meth:`save` / :meth:`load` and a
     training loop :meth:`learn`.
     """
+
+    CONFIG_CLASS = DSACConfig
 
     def __init__(self, env, config: DSACConfig | None = None, seed: int = 0) -> None:
         self.config = cfg = config or DSACConfig()
@@ -469,29 +470,6 @@ class DiscreteSAC:
         self.torch_rng.set_state(state["torch_rng"])
         self.num_updates = int(state["num_updates"])
         self.num_env_steps = int(state["num_env_steps"])
-
-    def save(self, path: str | Path) -> None:
-        """Write :meth:`state_dict` with ``torch.save`` (loadable with ``weights_only=True``)."""
-        state = self.state_dict()
-        state["buffer"] = {
-            k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
-            for k, v in state["buffer"].items()
-        }
-        torch.save(state, path)
-
-    @classmethod
-    def load(cls, path: str | Path, env, device: str | None = None) -> DiscreteSAC:
-        """An agent for ``env`` restored from :meth:`save` (its config; ``device`` overrides)."""
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state["buffer"] = {
-            k: v.numpy() if isinstance(v, Tensor) else v for k, v in state["buffer"].items()
-        }
-        config = DSACConfig(**state["config"])
-        if device is not None:
-            config.device = device
-        agent = cls(env, config)
-        agent.load_state_dict(state)
-        return agent
 
 
 def _entropy(probs: list[Tensor], logp: list[Tensor]) -> Tensor:
