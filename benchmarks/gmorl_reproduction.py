@@ -63,24 +63,18 @@ def main(argv=None) -> None:
 
     prefs = evaluation_preferences(2, 101)
     agent, steps = load_agent(Path(args.checkpoint))
+    env = make_env(len(prefs))
     fronts: dict[str, np.ndarray] = {}
     fronts["Discrete-SAC (ours)"] = episode_returns(
-        make_env,
+        env,
         lambda obs, info, w: agent.act(obs, info.get("action_mask"), w, deterministic=True),
         prefs,
         args.episodes,
         args.seed,
     )
     for name in BASELINES:
-        probe = make_env(len(prefs))
-        baseline = make_baseline(name, probe, seed=args.seed)
-        fronts[name] = episode_returns(
-            make_env,
-            lambda obs, info, w, b=baseline: b.act_batch(obs, info),
-            prefs,
-            args.episodes,
-            args.seed,
-        )
+        baseline = make_baseline(name, env, seed=args.seed)
+        fronts[name] = episode_returns(env, baseline.act_batch, prefs, args.episodes, args.seed)
     # the paper's reference point: the worst delay and the worst energy over all fronts
     everything = np.concatenate(list(fronts.values()))
     ref = everything.min(axis=0)
