@@ -39,7 +39,6 @@ SPARSE_ATTENTION_ACCURACY_LOSS = 0.001  # SparF: "negligible accuracy loss" (RN 
 
 KV_TIERS = ("fast", "dram", "ssd", "csd")  # fast = GPU HBM on a server, device RAM when local
 EXPERT_POLICIES = ("on_demand", "lru", "prefetch", "lowprec", "cpu")
-OBJECTIVE_ORDER = ("latency", "energy", "cost", "accuracy")
 
 # ---------------------------------------------------------------------------------------------
 # 1. Physics (each returns seconds unless named otherwise)
