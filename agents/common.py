@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CheckpointMixin", "ObsLayout", "objective_scale", "obs_layout"]
+__all__ = ["CheckpointMixin", "resolve_device", "ObsLayout", "objective_scale", "obs_layout"]
 
 
 SCALE_EPISODES = 4  # random-policy episodes that measure the typical per-request cost
@@ -109,6 +109,21 @@ def obs_layout(env) -> ObsLayout:
         features, rows = space.shape
         return ObsLayout(global_dim=0, num_servers=rows, server_dim=features, transposed=True)
     raise ValueError(f"no known observation layout for {type(u).__name__} with space {space}")
+
+
+def resolve_device(name: str):
+    """``torch.device(name)``, or the CPU with a warning when CUDA is asked for but absent."""
+    import warnings
+
+    import torch
+
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        warnings.warn(
+            f"device {name!r} asked for but CUDA is not available; using the CPU", stacklevel=3
+        )
+        return torch.device("cpu")
+    return device
 
 
 class CheckpointMixin:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import math
-import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
@@ -42,7 +41,7 @@ from gymnasium import spaces
 from torch import Tensor, nn
 
 from agents.buffer import ReplayBuffer
-from agents.common import CheckpointMixin, ObsLayout, objective_scale, obs_layout
+from agents.common import CheckpointMixin, ObsLayout, objective_scale, obs_layout, resolve_device
 from agents.networks import ServerSetEncoder, TargetHead, mlp, target_has_local
 from agents.preferences import PREFERENCE_MODES, PreferenceSampler
 
@@ -149,16 +148,6 @@ class DDPGConfig:
             raise ValueError(
                 f"DDPGConfig.architecture must be 'set' or 'mlp', got {self.architecture!r}"
             )
-
-
-def _resolve_device(name: str) -> torch.device:
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        warnings.warn(
-            f"device {name!r} asked for but CUDA is not available; using the CPU", stacklevel=3
-        )
-        return torch.device("cpu")
-    return device
 
 
 class _Structure(NamedTuple):
@@ -282,7 +271,7 @@ class MODDPG(CheckpointMixin):
 
     def __init__(self, env, config: DDPGConfig | None = None, seed: int = 0) -> None:
         self.config = cfg = config or DDPGConfig()
-        self.device = _resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device)
         obs_space = getattr(env, "single_observation_space", None) or env.observation_space
         act_space = getattr(env, "single_action_space", None) or env.action_space
         if (

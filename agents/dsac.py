@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import copy
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -59,7 +58,7 @@ from gymnasium import spaces
 from torch import Tensor, nn
 
 from agents.buffer import ReplayBuffer
-from agents.common import CheckpointMixin, objective_scale, obs_layout
+from agents.common import CheckpointMixin, objective_scale, obs_layout, resolve_device
 from agents.networks import BranchingVectorCritic, FactorisedPolicy, split_masks
 from agents.preferences import PreferenceSampler
 
@@ -132,16 +131,6 @@ class DSACConfig:
             raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
 
 
-def _resolve_device(name: str) -> torch.device:
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        warnings.warn(
-            f"device {name!r} asked for but CUDA is not available; using the CPU", stacklevel=3
-        )
-        return torch.device("cpu")
-    return device
-
-
 class DiscreteSAC(CheckpointMixin):
     """Multi-objective Discrete SAC (see the module docstring for the equations).
 
@@ -162,7 +151,7 @@ class DiscreteSAC(CheckpointMixin):
 
     def __init__(self, env, config: DSACConfig | None = None, seed: int = 0) -> None:
         self.config = cfg = config or DSACConfig()
-        self.device = _resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device)
         obs_space = getattr(env, "single_observation_space", None) or env.observation_space
         act_space = getattr(env, "single_action_space", None) or env.action_space
         if isinstance(act_space, spaces.MultiDiscrete):
