@@ -47,7 +47,9 @@ def episode_returns(
     """Mean vector return (raw units) of ``policy`` for each preference, (P, reward_dim).
 
     ``env`` is a vector env with one sub-env per preference; it runs ``episodes`` full
-    episodes with seeds ``seed .. seed + episodes - 1`` (the caller closes it).
+    episodes with seeds ``seed .. seed + episodes - 1``, every preference on the same episodes
+    (each sub-env reset with the same seed), so the points differ only by the policy's
+    response to the preference (the caller closes it).
     """
     prefs = np.asarray(preferences, dtype=np.float32)
     if env.num_envs != len(prefs):
@@ -56,7 +58,7 @@ def episode_returns(
         )
     total = np.zeros((len(prefs), int(env.reward_dim)))
     for ep in range(episodes):
-        obs, info = env.reset(seed=seed + ep)
+        obs, info = env.reset(seed=[seed + ep] * len(prefs))
         done = np.zeros(len(prefs), bool)
         while not done.all():
             actions = policy(obs, info, prefs)

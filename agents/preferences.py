@@ -2,7 +2,8 @@
 
 * ``uniform``: w ~ Dirichlet(1), uniform on the simplex, drawn per episode and per parallel env;
 * ``gmorl``: GMORL's evenly spaced set (for 2 objectives: w_i = (i / (n - 1), 1 - i / (n - 1)));
-  each parallel env keeps one preference of the set, as the paper spreads its 64 envs.
+  each parallel env keeps one preference of the set, as the paper spreads its 64 envs;
+* ``fixed``: one given preference for every env and episode (GMORL's per-preference policies).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from mec_env.pareto import simplex_weights
 
 __all__ = ["PREFERENCE_MODES", "PreferenceSampler", "evaluation_preferences"]
 
-PREFERENCE_MODES = ("uniform", "gmorl")
+PREFERENCE_MODES = ("uniform", "gmorl", "fixed")
 
 
 def evaluation_preferences(reward_dim: int, count: int | None = None) -> np.ndarray:
@@ -35,11 +36,25 @@ class PreferenceSampler:
         rng: the Generator to draw from.
     """
 
-    def __init__(self, mode: str, reward_dim: int, num_envs: int, rng: np.random.Generator) -> None:
+    def __init__(
+        self,
+        mode: str,
+        reward_dim: int,
+        num_envs: int,
+        rng: np.random.Generator,
+        fixed: np.ndarray | None = None,
+    ) -> None:
         if mode not in PREFERENCE_MODES:
             raise ValueError(f"preferences must be one of {PREFERENCE_MODES}, got {mode!r}")
         self.mode, self.reward_dim, self.num_envs, self.rng = mode, reward_dim, num_envs, rng
-        if mode == "gmorl":
+        if mode == "fixed":
+            w = np.asarray(fixed if fixed is not None else [], dtype=np.float64).ravel()
+            if w.shape != (reward_dim,) or (w < 0).any() or not w.sum() > 0:
+                raise ValueError(
+                    f"fixed preference must be {reward_dim} non-negative weights with a positive sum, got {fixed!r}"
+                )
+            self.weights = np.tile(w / w.sum(), (num_envs, 1)).astype(np.float32)
+        elif mode == "gmorl":
             grid = (
                 simplex_weights(reward_dim, num_envs)
                 if reward_dim == 2

@@ -757,8 +757,19 @@ class GMORLVectorEnv(VectorEnv):
         return self._core
 
     def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+        self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
+        """``seed``: an int seeds the one Generator all sub-envs draw from; a list of
+        ``num_envs`` ints gives each sub-env its own (equal seeds: every sub-env plays the same
+        episodes, the evaluation protocol)."""
+        if seed is not None and not isinstance(seed, (int, np.integer)):
+            seeds = list(seed)
+            if len(seeds) != self.num_envs:
+                raise ValueError(f"seed must be an int or {self.num_envs} ints, got {seed!r}")
+            self._rngs = [np.random.default_rng(s) for s in seeds]
+            seed = None
+        elif seed is not None:
+            self._rngs = None
         super().reset(seed=seed)
         mask = None if not options else options.get("reset_mask")
         if mask is not None:
@@ -767,7 +778,7 @@ class GMORLVectorEnv(VectorEnv):
                 raise ValueError(f"reset_mask must have shape ({self.num_envs},), got {mask.shape}")
             if not self._started and not mask.all():
                 raise ValueError("the first reset must reset every env (reset_mask all True)")
-        self._core.reset(self.np_random, mask)
+        self._reset_rows(np.ones(self.num_envs, bool) if mask is None else mask)
         self._autoreset[slice(None) if mask is None else mask] = False
         self._started = True
         return self._core.obs, self._info(np.zeros(self.num_envs, bool))
@@ -794,7 +805,7 @@ class GMORLVectorEnv(VectorEnv):
                 raise ValueError(f"action {int(acts[i])} of env {i} is masked; action_mask={mask}")
             acts = np.where(masked, 0, acts)
         if done.all():  # NEXT_STEP autoreset of every env: actions ignored, reward 0
-            core.reset(self.np_random)
+            self._reset_rows(done)
             rewards, truncated = np.zeros((n, 2), np.float32), np.zeros(n, bool)
             delay_s, energy_j = np.zeros(n), np.zeros(n)
         else:  # the ended envs are inactive in this step (reward 0), then restart
@@ -802,13 +813,22 @@ class GMORLVectorEnv(VectorEnv):
             rewards = core.reward.copy()
             delay_s, energy_j = core.delay_s.copy(), core.energy_j.copy()
             if done.any():
-                core.reset(self.np_random, done)
+                self._reset_rows(done)
                 truncated[done] = False
         self._autoreset = truncated.copy()
         info = self._info(masked)
         info["delay_s"], info["energy_j"] = delay_s, energy_j
         info["_delay_s"] = info["_energy_j"] = ~done
         return core.obs, rewards, np.zeros(n, bool), truncated, info
+
+    def _reset_rows(self, which: np.ndarray) -> None:
+        if getattr(self, "_rngs", None) is None:
+            self._core.reset(self.np_random, None if which.all() else which)
+            return
+        for i in np.flatnonzero(which):  # a whole episode is drawn at reset
+            one = np.zeros(self.num_envs, bool)
+            one[i] = True
+            self._core.reset(self._rngs[i], one)
 
     def action_masks(self) -> np.ndarray:
         """Valid actions, bool (num_envs, max_edges + 1)."""

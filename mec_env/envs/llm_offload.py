@@ -366,7 +366,10 @@ class LLMOffloadVectorEnv(gym.vector.VectorEnv):
     Rewards have shape ``(num_envs, reward_dim)``. Autoreset follows Gymnasium's default
     NEXT_STEP mode: the step after an episode ends resets that sub-environment (its action is
     ignored, its reward is 0). ``action_masks()`` returns ``(num_envs, sum(nvec))``. All
-    sub-environments draw from one Generator seeded by ``reset(seed=)``.
+    sub-environments draw from one Generator seeded by ``reset(seed=int)``; ``reset(seed=[s_0,
+    ..., s_{n-1}])`` gives each sub-environment its own Generator instead, so sub-environment
+    i plays exactly the episodes a single ``LLMOffload-v0`` reset with ``s_i`` plays (with
+    equal seeds, every sub-environment plays the same episode: the evaluation protocol).
 
     ``parallel``: spread the sub-environments of a step over numba's threads (identical
     results); default: from 32 envs up when numba has more than one thread.
@@ -412,13 +415,35 @@ class LLMOffloadVectorEnv(gym.vector.VectorEnv):
         self._autoreset = np.zeros(self.num_envs, dtype=bool)
         self._terminated = np.zeros(self.num_envs, dtype=bool)  # episodes never terminate
         self._rng = np.random.default_rng()
+        self._rngs: list[np.random.Generator] | None = None  # per-sub-env seeds
 
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        if seed is not None:
+    def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None):
+        if seed is not None and not isinstance(seed, (int, np.integer)):
+            seeds = list(seed)
+            if len(seeds) != self.num_envs:
+                raise ValueError(f"seed must be an int or {self.num_envs} ints, got {seed!r}")
+            if self.core.block_size <= self.scenario.episode_requests:
+                raise ValueError(
+                    f"per-sub-env seeds need episode_requests < {self.core.block_size}, got {self.scenario.episode_requests}"
+                )
+            self._rngs = [np.random.default_rng(s) for s in seeds]
+        elif seed is not None:
             self._rng = np.random.default_rng(seed)
-        self.core.reset(self._rng)
+            self._rngs = None
+        self._reset_rows(np.ones(self.num_envs, bool))
         self._autoreset[:] = False
         return self.core.obs.copy(), {"action_mask": self.core.masks.copy()}
+
+    def _reset_rows(self, which: np.ndarray) -> None:
+        if self._rngs is None:
+            self.core.reset(self._rng, None if which.all() else which)
+            return
+        # each sub-env from its own Generator; a whole episode is drawn at reset
+        # (block_size > episode_requests), so step never draws from self._rng
+        for i in np.flatnonzero(which):
+            one = np.zeros(self.num_envs, bool)
+            one[i] = True
+            self.core.reset(self._rngs[i], one)
 
     def step(self, actions):
         if self.continuous:
@@ -455,7 +480,7 @@ class LLMOffloadVectorEnv(gym.vector.VectorEnv):
         if self._autoreset.any():
             reward[self._autoreset] = 0.0
             truncated[self._autoreset] = False
-            self.core.reset(self._rng, self._autoreset)
+            self._reset_rows(self._autoreset)
         self._autoreset = truncated.copy()
         info = {
             "action_mask": self.core.masks.copy(),

@@ -819,3 +819,32 @@ def _single_continuous_plan(venv, i, action):
 
     plans, _ = decode_continuous(OneRow, action[None, :])
     return plans[0]
+
+
+@pytest.mark.parametrize("env_id", ["mec_env/LLMOffload-v0", "mec_env/GMORLOffload-v0"])
+def test_per_sub_env_seeds_replay_the_single_env_episode(env_id):
+    """reset(seed=[s] * n): every sub-env plays the episode a single env seeded with s plays
+    (the evaluation protocol: every preference on the same episodes)."""
+    kwargs = {"scenario": "tiny"} if "LLM" in env_id else {"num_edges": 3}
+    single = gym.make(env_id, **kwargs)
+    vec = gym.make_vec(env_id, num_envs=3, **kwargs)
+    for seed in (4, 11):
+        obs, info = single.reset(seed=seed)
+        vobs, vinfo = vec.reset(seed=[seed] * 3)
+        for _ in range(2 * 100 + 3):  # across an autoreset
+            assert np.array_equal(vobs, np.stack([obs] * 3))
+            mask = np.asarray(info["action_mask"], bool)
+            if "LLM" in env_id:  # the first open choice of every part
+                offsets = np.cumsum([0, *single.action_space.nvec])
+                parts = zip(offsets[:-1], offsets[1:], strict=True)
+                action = np.array([np.flatnonzero(mask[a:b])[0] for a, b in parts])
+            else:
+                action = int(np.flatnonzero(mask)[-1])
+            obs, r, term, trunc, info = single.step(action)
+            vobs, vr, vterm, vtrunc, vinfo = vec.step(np.stack([action] * 3))
+            assert np.array_equal(vr, np.stack([r] * 3))
+            if term or trunc:  # the next episode continues each env's own stream
+                obs, info = single.reset()
+                vobs, vr, _, _, vinfo = vec.step(np.stack([action] * 3))  # NEXT_STEP autoreset
+    with pytest.raises(ValueError, match="seed must be"):
+        vec.reset(seed=[1, 2])
