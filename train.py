@@ -79,8 +79,8 @@ def build_parser():
     ap.add_argument(
         "--preferences",
         default="uniform",
-        choices=("uniform", "gmorl"),
-        help="uniform: w ~ Dirichlet(1) per episode and env; gmorl: GMORL's evenly spaced set, one per env (default: %(default)s)",
+        metavar="{uniform,gmorl,W1,W2[,...]}",
+        help="uniform: w ~ Dirichlet(1) per episode and env; gmorl: GMORL's evenly spaced set, one per env; comma-separated weights: one fixed preference (a per-preference policy) (default: %(default)s)",
     )
     ap.add_argument(
         "--out",
@@ -116,6 +116,24 @@ def build_parser():
         type=int,
         default=None,
         help="--env gmorl: fixed number of edge servers E (default: randomised over the training range 1..8)",
+    )
+    ap.add_argument(
+        "--gmorl-ranges",
+        default="train",
+        choices=("train", "test"),
+        help="--env gmorl: domain randomisation over the paper's training or testing ranges (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--gmorl-cloud-ghz",
+        type=float,
+        default=None,
+        help="--env gmorl: fixed cloud CPU frequency (default: randomised over the ranges)",
+    )
+    ap.add_argument(
+        "--gmorl-edge-ghz",
+        type=float,
+        default=None,
+        help="--env gmorl: fixed edge CPU frequency (default: randomised over the ranges)",
     )
     ap.add_argument(
         "--device", default="cpu", help="torch device for the networks (default: %(default)s)"
@@ -156,7 +174,22 @@ def resolve_options(args) -> dict[str, Any]:
         )
     if args.gmorl_edges is not None and not 1 <= args.gmorl_edges <= 10:
         fail(f"--gmorl-edges must be in 1..10, got {args.gmorl_edges}")
+    for name in ("gmorl_cloud_ghz", "gmorl_edge_ghz"):
+        value = getattr(args, name)
+        if value is not None and not 0 < value <= 10:
+            fail(f"--{name.replace('_', '-')} must be in (0, 10] GHz, got {value}")
     opts = {k: v for k, v in vars(args).items() if k != "resume"}
+    if args.preferences not in ("uniform", "gmorl"):
+        try:
+            weights = [float(x) for x in args.preferences.split(",")]
+        except ValueError:
+            weights = []
+        if len(weights) < 2 or min(weights) < 0 or not sum(weights) > 0:
+            fail(
+                f"--preferences must be uniform, gmorl or non-negative comma-separated weights, got {args.preferences!r}"
+            )
+        opts["preferences"] = "fixed"
+        opts["fixed_preference"] = [w / sum(weights) for w in weights]
     if opts["out"] is None:
         what = "gmorl" if args.env == "gmorl" else Path(str(args.scenario)).stem
         opts["out"] = str(Path("runs") / f"{args.algo}-{what}-s{args.seed}")
@@ -177,8 +210,13 @@ def make_vec_env(opts: dict[str, Any], num_envs: int, for_eval: bool = False):
     kwargs: dict[str, Any] = {}
     if opts["env"] == "llm-offload":
         kwargs["scenario"] = opts["scenario_obj"]
-    elif opts.get("gmorl_edges") is not None:
-        kwargs["num_edges"] = opts["gmorl_edges"]
+    else:
+        if opts.get("gmorl_edges") is not None:
+            kwargs["num_edges"] = opts["gmorl_edges"]
+        for key in ("cloud_ghz", "edge_ghz"):
+            if opts.get(f"gmorl_{key}") is not None:
+                kwargs[key] = opts[f"gmorl_{key}"]
+        kwargs["ranges"] = opts.get("gmorl_ranges", "train")
     return gym.make_vec(env_id, num_envs=num_envs, **kwargs)
 
 
@@ -284,7 +322,12 @@ def train(opts: dict[str, Any]) -> Path:
     agent, config = make_agent(opts, env)
     rng = np.random.default_rng(opts["seed"])
     reward_dim = int(env.reward_dim)
-    prefs = PreferenceSampler(opts["preferences"], reward_dim, opts["num_envs"], rng)
+    try:
+        prefs = PreferenceSampler(
+            opts["preferences"], reward_dim, opts["num_envs"], rng, opts.get("fixed_preference")
+        )
+    except ValueError as err:
+        fail(f"--preferences: {err}")
     step, episodes, start_wall = 0, 0, 0.0
     if resuming:
         ckpt = torch.load(out / CHECKPOINT, weights_only=False)

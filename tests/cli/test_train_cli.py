@@ -115,6 +115,9 @@ def test_ctrl_c_writes_a_checkpoint(tmp_path):
         (["--resume", "/no/such/run"], "--resume"),
         (["--gmorl-edges", "99", "--env", "gmorl"], "--gmorl-edges"),
         (["--timesteps", "ten"], "--timesteps"),
+        (["--preferences", "1,-1"], "--preferences"),
+        (["--preferences", "lots"], "--preferences"),
+        (["--env", "gmorl", "--gmorl-edge-ghz", "0"], "--gmorl-edge-ghz"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(tmp_path, args, fragment):
@@ -140,3 +143,16 @@ def test_help_documents_every_option():
         "--resume",
     ):
         assert option in result.stdout
+
+
+def test_fixed_preference_and_gmorl_ranges_are_recorded(tmp_path):
+    import yaml
+
+    out = tmp_path / "fixed"
+    args = ["--env", "gmorl", "--gmorl-edges", "2", "--gmorl-ranges", "test", "--timesteps", "64"]
+    result = run(*args, "--preferences", "3,1", "--out", str(out), *TINY[2:])
+    assert result.returncode == 0, result.stderr[-3000:]
+    options = yaml.safe_load((out / "config.yaml").read_text())["options"]
+    assert options["preferences"] == "fixed"
+    assert options["fixed_preference"] == [0.75, 0.25]
+    assert options["gmorl_ranges"] == "test"
