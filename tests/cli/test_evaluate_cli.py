@@ -1,0 +1,158 @@
+"""evaluate.py run as a user runs it: fronts, metrics, files, plots, held-out scenarios, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, script, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def train(out: Path, *extra: str) -> Path:
+    result = run(
+        "train.py",
+        "--timesteps",
+        "96",
+        "--num-envs",
+        "4",
+        "--eval-every",
+        "96",
+        "--eval-preferences",
+        "2",
+        "--no-progress",
+        "--out",
+        str(out),
+        *extra,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    return train(tmp_path_factory.mktemp("runs") / "dsac-tiny", "--scenario", "tiny")
+
+
+def test_evaluates_a_run_and_baselines_into_files(tiny_run, tmp_path):
+    out = tmp_path / "eval"
+    result = run(
+        "evaluate.py", str(tiny_run), "--baselines", "greedy,random,all-local",
+        "--preferences", "5", "--episodes", "2", "--out", str(out), "--no-progress",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["seeds"] == [1000, 1001] and len(doc["preferences"]) == 5
+    (scenario,) = doc["scenarios"].values()
+    methods = set(scenario["metrics"])
+    assert methods == {"Discrete-SAC [dsac-tiny]", "greedy", "random", "all-local"}
+    for name, m in scenario["metrics"].items():
+        assert 0.0 <= m["hypervolume"] <= 1.0, name
+        assert m["cardinality"] >= 1
+        assert len(scenario["returns"][name]) == 5
+    # a preference-blind baseline plays the same episodes for every preference: one point
+    local = scenario["returns"]["all-local"]
+    assert all(row == local[0] for row in local)
+    with (out / "results.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["method"] for r in rows} == methods
+    assert "mean_return_latency" in rows[0]
+    assert (out / "front.png").stat().st_size > 10_000
+    assert "| greedy |" in (out / "results.md").read_text()
+    assert "hypervolume" in result.stdout and "results:" in result.stdout
+
+
+def test_held_out_scenarios_report_the_gap_to_a_policy_trained_there(tiny_run, tmp_path):
+    import yaml
+
+    from mec_env import load_scenario
+
+    variant = load_scenario("tiny").replace(name="tiny-slow-edge")
+    variant_doc = yaml.safe_load(variant.to_yaml())
+    variant_doc["workload"]["arrival_rate_hz"] = 0.2
+    path = tmp_path / "variant.yaml"
+    path.write_text(yaml.safe_dump(variant_doc))
+    trained_there = train(tmp_path / "dsac-variant", "--scenario", str(path))
+    out = tmp_path / "eval"
+    result = run(
+        "evaluate.py", str(tiny_run), "--baselines", "none", "--preferences", "3",
+        "--episodes", "1", "--eval-scenarios", str(path), "--reference-runs", str(trained_there),
+        "--out", str(out), "--no-progress", "--no-plot",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    doc = json.loads((out / "results.json").read_text())
+    held = doc["scenarios"]["scenario 'tiny-slow-edge'"]
+    assert held["held_out"]
+    gap = held["metrics"]["Discrete-SAC [dsac-tiny]"]["gap_to_trained_on_variant"]
+    ours = held["metrics"]["Discrete-SAC [dsac-tiny]"]["hypervolume"]
+    theirs = held["metrics"][f"trained on this variant: Discrete-SAC [{trained_there.name}]"][
+        "hypervolume"
+    ]
+    assert gap == pytest.approx((theirs - ours) / theirs)
+    assert "gap to the policy trained on this variant" in result.stdout
+
+
+def test_gmorl_protocol_uses_the_worst_point_as_reference(tmp_path):
+    out = tmp_path / "eval"
+    result = run(
+        "evaluate.py", "--env", "gmorl", "--gmorl-edges", "2", "--gmorl-cloud-ghz", "4",
+        "--gmorl-edge-ghz", "2", "--baselines", "random,all-cloud,round-robin",
+        "--preferences", "3", "--episodes", "1", "--out", str(out), "--no-progress",
+        "--eval-scenarios", "ranges=test",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["reference"] == "worst"
+    first = next(iter(doc["scenarios"].values()))
+    worst = [min(r[k] for f in first["returns"].values() for r in f) for k in range(2)]
+    assert first["reference_point_raw"] == pytest.approx(worst)
+    assert len(doc["scenarios"]) == 2
+    assert (out / "front.png").is_file() and (out / "front-GMORLOffload-v0-ranges-test.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["/no/such/run"], "no such directory"),
+        (["--baselines", "clever"], "unknown baseline 'clever'"),
+        (["--env", "gmorl", "--baselines", "all-local"], "does not apply"),
+        (["--episodes", "0"], "--episodes"),
+        (["--scenario", "no-such-scenario"], "--scenario"),
+        (["--env", "gmorl", "--eval-scenarios", "speed=3"], "--eval-scenarios"),
+        (["--baselines", "none"], "nothing to evaluate"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, args, fragment):
+    result = run("evaluate.py", *args, "--out", str(tmp_path / "e"), "--no-progress")
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_checkpoint_that_does_not_fit_the_scenario_exits_2(tiny_run, tmp_path):
+    result = run(
+        "evaluate.py", str(tiny_run), "--scenario", "default", "--baselines", "none",
+        "--out", str(tmp_path / "e"), "--no-progress",
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "do not fit the observation space" in lines[0], result.stderr
+
+
+def test_a_missing_checkpoint_file_exits_2(tmp_path):
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.yaml").write_text("options: {}\n")
+    result = run("evaluate.py", str(tmp_path / "broken"), "--out", str(tmp_path / "e"))
+    assert result.returncode == 2
+    assert "missing checkpoint.pt" in result.stderr and "Traceback" not in result.stderr
