@@ -281,6 +281,36 @@ class OffloadCore:
             self.fallback, self.reward,
         )  # fmt: skip
 
+    # every per-env array (leading axis = env) that makes up the state of a world, including the
+    # drawn block of upcoming requests and the per-episode device placement: copying a row of
+    # each copies the world (the step outputs ``costs``/``plan``/``fallback``/``reward`` are not
+    # state). Used to branch worlds (mec_env.oracle).
+    STATE_ARRAYS = (
+        "remaining_s", "kv_bytes", "used_bytes", "busy", "cache_model", "battery_j", "env_i",
+        "distance_m", "shadowing_db", "trace_cursor", "blk_f", "blk_i", "env_f", "ok_st", "ok_p",
+        "masks", "flags", "free_bytes", "obs",
+    )  # fmt: skip
+
+    def get_state(self, idx=None) -> dict[str, np.ndarray]:
+        """A copy of the state of the envs ``idx`` (an int array or slice; all if None): a dict
+        name -> array with those rows, in order (see ``STATE_ARRAYS``)."""
+        sel = slice(None) if idx is None else idx
+        return {name: getattr(self, name)[sel].copy() for name in self.STATE_ARRAYS}
+
+    def set_state(self, state: dict[str, np.ndarray], idx=None) -> None:
+        """Write a :meth:`get_state` dict into the envs ``idx`` (all if None), in place; a state
+        of one row is broadcast to every env selected. The scenario must be the same."""
+        sel = slice(None) if idx is None else idx
+        for name in self.STATE_ARRAYS:
+            getattr(self, name)[sel] = state[name]
+
+    def copy_rows(self, src, dst) -> None:
+        """Copy the state of envs ``src`` onto envs ``dst`` (int arrays of equal length, or an
+        int and an array to broadcast one env; overlapping rows are safe)."""
+        for name in self.STATE_ARRAYS:
+            a = getattr(self, name)
+            a[dst] = a[src]
+
     # views by name
     @property
     def req(self) -> np.ndarray:
