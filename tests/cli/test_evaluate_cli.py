@@ -156,3 +156,26 @@ def test_a_missing_checkpoint_file_exits_2(tmp_path):
     result = run("evaluate.py", str(tmp_path / "broken"), "--out", str(tmp_path / "e"))
     assert result.returncode == 2
     assert "missing checkpoint.pt" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_oracle_front_bounds_every_method_on_a_tiny_instance(tmp_path):
+    out = tmp_path / "eval"
+    result = run(
+        "evaluate.py", "--scenario", "tiny", "--episode-requests", "3", "--oracle",
+        "--baselines", "greedy,random,all-offload", "--preferences", "5", "--episodes", "2",
+        "--out", str(out), "--no-progress", "--no-plot",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "exhaustive search over 2 episodes (exact)" in result.stdout
+    (scenario,) = json.loads((out / "results.json").read_text())["scenarios"].values()
+    metrics, returns = scenario["metrics"], scenario["returns"]
+    oracle = metrics["oracle (clairvoyant)"]
+    assert oracle["igd_to_oracle"] == pytest.approx(0.0, abs=1e-12)
+    for name in ("greedy", "random", "all-offload"):
+        assert metrics[name]["hypervolume"] <= oracle["hypervolume"] + 1e-12
+        assert metrics[name]["igd_to_oracle"] >= 0.0
+        for point in returns[name]:  # every mean return is weakly dominated by an oracle point
+            assert any(
+                all(o >= p - 1e-9 for o, p in zip(front_point, point, strict=True))
+                for front_point in returns["oracle (clairvoyant)"]
+            ), (name, point)
