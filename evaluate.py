@@ -136,6 +136,13 @@ def build_parser():
         metavar="RUN",
         help="runs trained on the held-out variants: the report gives each method's gap to them",
     )
+    ap.add_argument(
+        "--per-preference-runs",
+        nargs="+",
+        default=(),
+        metavar="RUN",
+        help="runs trained with one fixed preference each (train.py --preferences W1,W2): together one method, each run evaluated at its own preference (GMORL's per-preference policies)",
+    )
     ap.add_argument("--gmorl-edges", type=int, default=None, help="--env gmorl: edge servers E")
     ap.add_argument("--gmorl-cloud-ghz", type=float, default=None, help="--env gmorl: cloud CPU")
     ap.add_argument("--gmorl-edge-ghz", type=float, default=None, help="--env gmorl: edge CPUs")
@@ -344,13 +351,29 @@ def run_method(env, policy, prefs, episodes: int, seed: int, progress: Progress,
     return total / episodes
 
 
-def evaluate_on(spec: EnvSpec, runs: list[Run], baselines: list[str], prefs, args, progress):
-    """Mean return per preference of every method on one scenario: name -> (P, d)."""
+def evaluate_on(
+    spec: EnvSpec, runs: list[Run], baselines: list[str], prefs, args, progress, fixed=()
+):
+    """Mean return per preference of every method on one scenario: name -> (P, d); the
+    ``fixed``-preference runs together give one method, each run at its own preference."""
     from agents.baselines import make_baseline
 
     fronts: dict[str, np.ndarray] = {}
     envs = {}
     try:
+        if fixed:
+            points = []
+            for run in fixed:
+                env = spec.make(run.algo, 1)
+                try:
+                    w = np.asarray([run.options["fixed_preference"]], np.float32)
+                    points.append(
+                        run_method(env, make_policy(run, spec, env), w, args.episodes,
+                                   args.seed, progress, run.label)[0]
+                    )  # fmt: skip
+                finally:
+                    env.close()
+            fronts[f"per-preference policies ({len(fixed)})"] = np.array(points)
         for run in runs:
             algo = run.algo
             if algo not in envs:
@@ -515,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     probe_env = spec.make("dsac" if family == "gmorl" else None, 1)
     baselines = method_names(args, family, probe_env)
     probe_env.close()
-    if not runs and not baselines:
+    if not runs and not baselines and not args.per_preference_runs:
         fail("nothing to evaluate: give a RUN or some --baselines")
 
     variants: list[EnvSpec] = []
@@ -532,8 +555,18 @@ def main(argv: list[str] | None = None) -> int:
             v = EnvSpec("llm-offload", sc, label=f"scenario {sc.name!r}")
         variants.append(v)
     reference_runs = [load_run(p) for p in args.reference_runs]
+    fixed_runs = [load_run(p) for p in args.per_preference_runs]
+    for r in fixed_runs:
+        if r.options.get("preferences") != "fixed":
+            fail(
+                f"--per-preference-runs: run {str(r.path)!r} was not trained with one fixed preference"
+            )
+        if r.env != family:
+            fail(
+                f"--per-preference-runs: run {str(r.path)!r} was trained on --env {r.env}, not {family}"
+            )
 
-    n_methods = len(runs) + len(baselines)
+    n_methods = len(runs) + len(baselines) + len(fixed_runs)
     total = args.episodes * n_methods * (1 + len(variants)) + args.episodes * len(reference_runs)
     progress = Progress(total, not args.no_progress)
     t0 = time.perf_counter()
@@ -550,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
     csv_rows: list[dict[str, Any]] = []
     try:
         for k, s in enumerate([spec, *variants]):
-            fronts = evaluate_on(s, runs, baselines, prefs, args, progress)
+            fronts = evaluate_on(s, runs, baselines, prefs, args, progress, fixed_runs)
             oracle_front = None
             if args.oracle and k == 0:
                 oracle_front = oracle_points(s, prefs, args)
