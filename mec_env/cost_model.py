@@ -364,7 +364,11 @@ def _local_coefs(dev: DeviceSpec, m: ModelSpec, fraction: float) -> np.ndarray:
         m.active_params * m.bytes_per_param / bw,
         FLOPS_PER_PARAM_PER_TOKEN * m.active_params / dev.compute_flops,
     )
-    attention = fraction * m.kv_bytes_per_token / bw
+    # roofline of attention where the KV lives, as on a server's fast tier (the memory-only
+    # form underestimated it by ~2x where decode attention is compute-bound: devices/validate.py)
+    attention = fraction * np.maximum(
+        m.kv_bytes_per_token / bw, attention_flops_per_step(m, 1.0) / dev.compute_flops
+    )
     return np.array([prefill, weights, attention])
 
 
