@@ -118,6 +118,19 @@ def build_parser():
         help="--env gmorl: fixed number of edge servers E (default: randomised over the training range 1..8)",
     )
     ap.add_argument(
+        "--domain-randomisation",
+        type=int,
+        default=0,
+        metavar="K",
+        help="--env llm-offload: train on K randomised variants of the scenario at once (rates scaled by U(1 - spread, 1 + spread); mec_env.randomisation); 0 = off (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--dr-spread",
+        type=float,
+        default=0.25,
+        help="--domain-randomisation: relative spread of each rate (default: %(default)s)",
+    )
+    ap.add_argument(
         "--gmorl-ranges",
         default="train",
         choices=("train", "test"),
@@ -174,6 +187,17 @@ def resolve_options(args) -> dict[str, Any]:
         )
     if args.gmorl_edges is not None and not 1 <= args.gmorl_edges <= 10:
         fail(f"--gmorl-edges must be in 1..10, got {args.gmorl_edges}")
+    if args.domain_randomisation:
+        if args.env != "llm-offload":
+            fail(
+                "--domain-randomisation applies to --env llm-offload (GMORL randomises its own ranges)"
+            )
+        if not 1 <= args.domain_randomisation <= args.num_envs:
+            fail(
+                f"--domain-randomisation must be in 1..--num-envs ({args.num_envs}), got {args.domain_randomisation}"
+            )
+        if not 0 <= args.dr_spread < 1:
+            fail(f"--dr-spread must be in [0, 1), got {args.dr_spread}")
     for name in ("gmorl_cloud_ghz", "gmorl_edge_ghz"):
         value = getattr(args, name)
         if value is not None and not 0 < value <= 10:
@@ -208,6 +232,13 @@ def make_vec_env(opts: dict[str, Any], num_envs: int, for_eval: bool = False):
 
     env_id = ENVS[opts["env"]][1 if opts["algo"] == "ddpg" else 0]
     kwargs: dict[str, Any] = {}
+    if opts["env"] == "llm-offload" and opts.get("domain_randomisation") and not for_eval:
+        from mec_env.randomisation import MixedScenarioVectorEnv, randomised_scenarios
+
+        variants = randomised_scenarios(
+            opts["scenario_obj"], opts["domain_randomisation"], opts["seed"], opts["dr_spread"]
+        )
+        return MixedScenarioVectorEnv(variants, num_envs, continuous=opts["algo"] == "ddpg")
     if opts["env"] == "llm-offload":
         kwargs["scenario"] = opts["scenario_obj"]
     else:

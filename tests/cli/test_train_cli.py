@@ -118,6 +118,8 @@ def test_ctrl_c_writes_a_checkpoint(tmp_path):
         (["--preferences", "1,-1"], "--preferences"),
         (["--preferences", "lots"], "--preferences"),
         (["--env", "gmorl", "--gmorl-edge-ghz", "0"], "--gmorl-edge-ghz"),
+        (["--domain-randomisation", "99"], "--domain-randomisation"),
+        (["--domain-randomisation", "2", "--dr-spread", "1.5"], "--dr-spread"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(tmp_path, args, fragment):
@@ -156,3 +158,14 @@ def test_fixed_preference_and_gmorl_ranges_are_recorded(tmp_path):
     assert options["preferences"] == "fixed"
     assert options["fixed_preference"] == [0.75, 0.25]
     assert options["gmorl_ranges"] == "test"
+
+
+def test_domain_randomisation_trains_on_the_mixed_env(tmp_path):
+    import yaml
+
+    out = tmp_path / "dr"
+    result = run("--timesteps", "128", "--domain-randomisation", "2", "--out", str(out), *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    options = yaml.safe_load((out / "config.yaml").read_text())["options"]
+    assert options["domain_randomisation"] == 2 and options["dr_spread"] == 0.25
+    assert all(r["eval_hypervolume"] != "" for r in rows(out / "progress.csv"))
