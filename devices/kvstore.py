@@ -105,7 +105,7 @@ def _check_int(field_name: str, value: Any, minimum: int) -> int:
 
 def _crc(buf: bytearray | memoryview) -> int:
     view = memoryview(buf)
-    return zlib.crc32(view[_CRC_OFFSET + 4:], zlib.crc32(view[:_CRC_OFFSET]))
+    return zlib.crc32(view[_CRC_OFFSET + 4 :], zlib.crc32(view[:_CRC_OFFSET]))
 
 
 def _fsync_dir(path: pathlib.Path) -> None:
@@ -244,8 +244,10 @@ class KVStore:
         k_rows = self._rows("k", k)
         v_rows = self._rows("v", v)
         if k_rows.shape != v_rows.shape:
-            raise ValueError("k and v must hold the same number of tokens, got "
-                             f"{k_rows.shape[2]} and {v_rows.shape[2]}")
+            raise ValueError(
+                "k and v must hold the same number of tokens, got "
+                f"{k_rows.shape[2]} and {v_rows.shape[2]}"
+            )
         st = self._seqs.get(seq_id)
         if st is None:
             st = self._new_seq(seq_id)
@@ -255,8 +257,9 @@ class KVStore:
         if n_new == 0:
             return st.n_tokens
         for pf in st.files:
-            self._append_file(seq_id, pf, k_rows[pf.layer, pf.kv_head],
-                              v_rows[pf.layer, pf.kv_head], st.n_tokens)
+            self._append_file(
+                seq_id, pf, k_rows[pf.layer, pf.kv_head], v_rows[pf.layer, pf.kv_head], st.n_tokens
+            )
         st.n_tokens += n_new
         return st.n_tokens
 
@@ -269,8 +272,12 @@ class KVStore:
         else:
             st = self._seqs.get(_check_int("seq_id", seq_id, 0))
             targets = [] if st is None else [st]
-        pending = [st for st in targets if st.damaged is None and
-                   (st.n_tokens != st.synced_tokens or any(pf.dirty for pf in st.files))]
+        pending = [
+            st
+            for st in targets
+            if st.damaged is None
+            and (st.n_tokens != st.synced_tokens or any(pf.dirty for pf in st.files))
+        ]
         if pending:
             self._check_writable()
             for st in pending:
@@ -328,8 +335,9 @@ class KVStore:
             page_ids = [int(p) for p in pages]
             for p in page_ids:
                 if not 0 <= p < n_pages:
-                    raise IndexError(f"pages must be in [0, {n_pages}) for sequence {seq_id}, "
-                                     f"got {p}")
+                    raise IndexError(
+                        f"pages must be in [0, {n_pages}) for sequence {seq_id}, got {p}"
+                    )
         if st is None:
             return iter(())
         pf = st.files[layer * self.num_kv_heads + kv_head]
@@ -353,9 +361,11 @@ class KVStore:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"KVStore({str(self.root)!r}, num_layers={self.num_layers}, "
-                f"num_kv_heads={self.num_kv_heads}, head_dim={self.head_dim}, "
-                f"dtype={self.dtype_name}, page_tokens={self.page_tokens})")
+        return (
+            f"KVStore({str(self.root)!r}, num_layers={self.num_layers}, "
+            f"num_kv_heads={self.num_kv_heads}, head_dim={self.head_dim}, "
+            f"dtype={self.dtype_name}, page_tokens={self.page_tokens})"
+        )
 
     # ----------------------------------------------------------------- checks and conversion
 
@@ -369,13 +379,18 @@ class KVStore:
             raise ValueError(f"store at {self.root} was opened with readonly=True")
 
     def _check_layer_head(self, layer: int, kv_head: int) -> None:
-        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not (
-                0 <= layer < self.num_layers):
+        if (
+            isinstance(layer, bool)
+            or not isinstance(layer, (int, np.integer))
+            or not (0 <= layer < self.num_layers)
+        ):
             raise ValueError(f"layer must be an int in [0, {self.num_layers}), got {layer!r}")
-        if isinstance(kv_head, bool) or not isinstance(kv_head, (int, np.integer)) or not (
-                0 <= kv_head < self.num_kv_heads):
-            raise ValueError(
-                f"kv_head must be an int in [0, {self.num_kv_heads}), got {kv_head!r}")
+        if (
+            isinstance(kv_head, bool)
+            or not isinstance(kv_head, (int, np.integer))
+            or not (0 <= kv_head < self.num_kv_heads)
+        ):
+            raise ValueError(f"kv_head must be an int in [0, {self.num_kv_heads}), got {kv_head!r}")
 
     def _rows(self, name: str, x: Any) -> np.ndarray:
         """``x`` as a numpy array ``[num_layers, num_kv_heads, T, head_dim]`` of the store's
@@ -392,23 +407,29 @@ class KVStore:
         elif isinstance(x, np.ndarray):
             if self.dtype_name == "bfloat16":
                 if x.dtype not in (np.int16, np.uint16):
-                    raise ValueError(f"{name}: a bfloat16 store takes numpy arrays of raw bits "
-                                     f"(int16 or uint16), got {x.dtype}")
+                    raise ValueError(
+                        f"{name}: a bfloat16 store takes numpy arrays of raw bits "
+                        f"(int16 or uint16), got {x.dtype}"
+                    )
                 arr = x.view(np.int16)
             elif x.dtype != self._np_dtype:
-                raise ValueError(f"{name} dtype must be {self.dtype_name} (the store's), "
-                                 f"got {x.dtype}")
+                raise ValueError(
+                    f"{name} dtype must be {self.dtype_name} (the store's), got {x.dtype}"
+                )
             else:
                 arr = x
         else:
-            raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, "
-                            f"got {type(x).__name__}")
+            raise TypeError(
+                f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}"
+            )
         expected = (self.num_layers, self.num_kv_heads, self.head_dim)
         if arr.ndim == 3:
             arr = arr[None]
         if arr.ndim != 4 or tuple(arr.shape[1:]) != expected:
-            raise ValueError(f"{name} must have shape [num_layers, num_kv_heads, head_dim] = "
-                             f"{list(expected)} or [T, *that], got {list(arr.shape)}")
+            raise ValueError(
+                f"{name} must have shape [num_layers, num_kv_heads, head_dim] = "
+                f"{list(expected)} or [T, *that], got {list(arr.shape)}"
+            )
         return np.ascontiguousarray(arr.transpose(1, 2, 0, 3))
 
     # ----------------------------------------------------------------- files
@@ -434,27 +455,42 @@ class KVStore:
         chunk = self._write_chunk_bytes or len(view) or 1
         done = 0
         while done < len(view):
-            piece = view[done:done + chunk]
+            piece = view[done : done + chunk]
             if offset is None:
                 done += os.write(fd, piece)
             else:
                 done += os.pwrite(fd, piece, offset + done)
 
-    def _pack_slot(self, seq_id: int, pf: _PageFile, kind: int, page: int, n_tokens: int,
-                   payload: np.ndarray) -> bytearray:
+    def _pack_slot(
+        self, seq_id: int, pf: _PageFile, kind: int, page: int, n_tokens: int, payload: np.ndarray
+    ) -> bytearray:
         buf = bytearray(self.slot_bytes)
         pf.seqno += 1
-        _HEADER.pack_into(buf, 0, _MAGIC, FORMAT_VERSION, kind, seq_id, pf.layer, pf.kv_head,
-                          page, pf.seqno, n_tokens, 0)
+        _HEADER.pack_into(
+            buf,
+            0,
+            _MAGIC,
+            FORMAT_VERSION,
+            kind,
+            seq_id,
+            pf.layer,
+            pf.kv_head,
+            page,
+            pf.seqno,
+            n_tokens,
+            0,
+        )
         buf[HEADER_BYTES:] = payload.tobytes()
         struct.pack_into("<I", buf, _CRC_OFFSET, _crc(buf))
         return buf
 
-    def _check_slot(self, buf: bytearray, seq_id: int, pf: _PageFile, slot: int,
-                    page: int | None) -> tuple[int, int, int] | str:
+    def _check_slot(
+        self, buf: bytearray, seq_id: int, pf: _PageFile, slot: int, page: int | None
+    ) -> tuple[int, int, int] | str:
         """(page, seqno, n_tokens) of a valid slot, or why it is not valid."""
         magic, version, kind, h_seq, h_layer, h_head, h_page, seqno, n_tokens, crc = (
-            _HEADER.unpack_from(buf))
+            _HEADER.unpack_from(buf)
+        )
         expected_kind = _KIND_TAIL if slot < TAIL_SLOTS else _KIND_FULL
         if magic != _MAGIC or version != FORMAT_VERSION or kind != expected_kind:
             return "bad magic, version or kind"
@@ -483,8 +519,9 @@ class KVStore:
         else:
             slot, need = pf.tail_slot, t
         if slot is None:
-            raise TornPageError(f"{pf.path}: page {page}: no valid copy of the tail page "
-                                f"({st.damaged})")
+            raise TornPageError(
+                f"{pf.path}: page {page}: no valid copy of the tail page ({st.damaged})"
+            )
         try:
             buf = self._read_slot(self._fd(pf.path), slot)
         except FileNotFoundError:
@@ -495,12 +532,14 @@ class KVStore:
         if isinstance(got, str):
             raise TornPageError(f"{pf.path}: page {page} (slot {slot}) is torn: {got}")
         if got[2] < need and slot < TAIL_SLOTS:
-            raise TornPageError(f"{pf.path}: page {page} (slot {slot}) holds {got[2]} tokens, "
-                                f"{need} expected")
+            raise TornPageError(
+                f"{pf.path}: page {page} (slot {slot}) holds {got[2]} tokens, {need} expected"
+            )
         return buf, need
 
-    def _iter_pages(self, st: _Seq, pf: _PageFile,
-                    page_ids: list[int]) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    def _iter_pages(
+        self, st: _Seq, pf: _PageFile, page_ids: list[int]
+    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         import torch
 
         dtype = self.dtype
@@ -522,14 +561,18 @@ class KVStore:
         seq_dir = self.root / f"seq_{seq_id}"
         seq_dir.mkdir(exist_ok=True)
         self._root_dirty = True
-        files = [self._new_page_file(seq_id, layer, head)
-                 for layer in range(self.num_layers) for head in range(self.num_kv_heads)]
+        files = [
+            self._new_page_file(seq_id, layer, head)
+            for layer in range(self.num_layers)
+            for head in range(self.num_kv_heads)
+        ]
         st = _Seq(seq_id, files, new_dir=True)
         self._seqs[seq_id] = st
         return st
 
-    def _append_file(self, seq_id: int, pf: _PageFile, k_rows: np.ndarray, v_rows: np.ndarray,
-                     n_before: int) -> None:
+    def _append_file(
+        self, seq_id: int, pf: _PageFile, k_rows: np.ndarray, v_rows: np.ndarray, n_before: int
+    ) -> None:
         P = self.page_tokens
         fd = self._fd(pf.path, create=True)
         n, i, total = n_before, 0, len(k_rows)
@@ -538,8 +581,8 @@ class KVStore:
         while i < total:
             pos = n % P
             take = min(P - pos, total - i)
-            pf.tail[0, pos:pos + take] = k_rows[i:i + take]
-            pf.tail[1, pos:pos + take] = v_rows[i:i + take]
+            pf.tail[0, pos : pos + take] = k_rows[i : i + take]
+            pf.tail[1, pos : pos + take] = v_rows[i : i + take]
             i += take
             n += take
             if n % P == 0:
@@ -560,10 +603,15 @@ class KVStore:
     # ----------------------------------------------------------------- metadata and sync log
 
     def _meta(self) -> dict[str, Any]:
-        return {"format": "mec-kvstore", "version": FORMAT_VERSION,
-                "num_layers": self.num_layers, "num_kv_heads": self.num_kv_heads,
-                "head_dim": self.head_dim, "dtype": self.dtype_name,
-                "page_tokens": self.page_tokens}
+        return {
+            "format": "mec-kvstore",
+            "version": FORMAT_VERSION,
+            "num_layers": self.num_layers,
+            "num_kv_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "dtype": self.dtype_name,
+            "page_tokens": self.page_tokens,
+        }
 
     def _open_meta(self) -> None:
         meta_path = self.root / _META_NAME
@@ -572,8 +620,10 @@ class KVStore:
             found = json.loads(meta_path.read_text())
             for key, value in wanted.items():
                 if found.get(key) != value:
-                    raise ValueError(f"{key} does not match the store at {self.root}: it holds "
-                                     f"{found.get(key)!r}, got {value!r}")
+                    raise ValueError(
+                        f"{key} does not match the store at {self.root}: it holds "
+                        f"{found.get(key)!r}, got {value!r}"
+                    )
             return
         if self.readonly:
             raise FileNotFoundError(f"no KV store at {self.root} ({_META_NAME} missing)")
@@ -592,8 +642,9 @@ class KVStore:
 
     def _sync_log_fd(self) -> int:
         if self._sync_fd is None:
-            self._sync_fd = os.open(self.root / _SYNC_NAME,
-                                    os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._sync_fd = os.open(
+                self.root / _SYNC_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
+            )
             self._root_dirty = True
         return self._sync_fd
 
@@ -608,7 +659,7 @@ class KVStore:
         valid_end = 0
         for off in range(0, len(data) - _SYNC.size + 1, _SYNC.size):
             magic, seq_id, n_tokens, crc = _SYNC.unpack_from(data, off)
-            if magic != _SYNC_MAGIC or crc != zlib.crc32(data[off:off + _SYNC.size - 4]):
+            if magic != _SYNC_MAGIC or crc != zlib.crc32(data[off : off + _SYNC.size - 4]):
                 break
             floors[seq_id] = max(floors.get(seq_id, 0), n_tokens)
             valid_end = off + _SYNC.size
@@ -641,8 +692,9 @@ class KVStore:
                 ids.append(int(name[4:]))
         return sorted(ids)
 
-    def _scan_file(self, seq_id: int, pf: _PageFile, floor: int,
-                   report: dict[str, Any]) -> tuple[int, list[_Record], _Record | None, int]:
+    def _scan_file(
+        self, seq_id: int, pf: _PageFile, floor: int, report: dict[str, Any]
+    ) -> tuple[int, list[_Record], _Record | None, int]:
         """(tokens this file holds durably, its valid tail records newest first, the record
         that count comes from, file size)."""
         try:
@@ -671,7 +723,8 @@ class KVStore:
                 if page not in verified:
                     buf = self._read_slot(fd, TAIL_SLOTS + page)
                     verified[page] = buf is not None and not isinstance(
-                        self._check_slot(buf, seq_id, pf, TAIL_SLOTS + page, page), str)
+                        self._check_slot(buf, seq_id, pf, TAIL_SLOTS + page, page), str
+                    )
                     report["torn_slots"] += not verified[page]
                 if not verified[page]:
                     ok = False
@@ -682,8 +735,11 @@ class KVStore:
 
     def _recover_seq(self, seq_id: int, floor: int) -> _Seq:
         P = self.page_tokens
-        files = [self._new_page_file(seq_id, layer, head)
-                 for layer in range(self.num_layers) for head in range(self.num_kv_heads)]
+        files = [
+            self._new_page_file(seq_id, layer, head)
+            for layer in range(self.num_layers)
+            for head in range(self.num_kv_heads)
+        ]
         st = _Seq(seq_id, files, synced_tokens=floor, new_dir=not self.readonly)
         report: dict[str, Any] = {"acknowledged": floor, "torn_slots": 0, "repaired_files": 0}
         scans = [self._scan_file(seq_id, pf, floor, report) for pf in files]
@@ -700,8 +756,9 @@ class KVStore:
             elif src is not None and src.page > q:
                 pf.tail_slot = TAIL_SLOTS + q
             else:
-                pf.tail_slot = next((r.slot for r in records if r.page == q and r.n_tokens >= t),
-                                    None)
+                pf.tail_slot = next(
+                    (r.slot for r in records if r.page == q and r.n_tokens >= t), None
+                )
                 if pf.tail_slot is None and any(r.page > q for r in records):
                     pf.tail_slot = TAIL_SLOTS + q
             if st.damaged is not None or self.readonly:
@@ -717,8 +774,13 @@ class KVStore:
             if st.n_tokens == 0 and size <= 0:
                 continue
             end = (TAIL_SLOTS + q) * self.slot_bytes
-            canonical = (src is not None and src is records[0] and src.page == q
-                         and src.n_tokens == t and (size == end or (q == 0 and size < end)))
+            canonical = (
+                src is not None
+                and src is records[0]
+                and src.page == q
+                and src.n_tokens == t
+                and (size == end or (q == 0 and size < end))
+            )
             if canonical:
                 # Durable before the next append may overwrite the other (older) copy.
                 os.fsync(self._fd(pf.path))
@@ -732,8 +794,9 @@ class KVStore:
         st.report = report
         return st
 
-    def _repair_file(self, st: _Seq, pf: _PageFile, src: _Record | None,
-                     records: list[_Record]) -> None:
+    def _repair_file(
+        self, st: _Seq, pf: _PageFile, src: _Record | None, records: list[_Record]
+    ) -> None:
         """Rewrite the tail record for the recovered count, then drop every slot after it."""
         q, t = divmod(st.n_tokens, self.page_tokens)
         fd = self._fd(pf.path)

@@ -58,11 +58,13 @@ class Link:
     def __init__(self, name: str, gbps: float | None = None, latency_s: float = 0.0) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
-        if gbps is not None and not (isinstance(gbps, (int, float)) and math.isfinite(gbps)
-                                     and gbps > 0):
+        if gbps is not None and not (
+            isinstance(gbps, (int, float)) and math.isfinite(gbps) and gbps > 0
+        ):
             raise ValueError(f"gbps must be > 0 and finite (or None for unpaced), got {gbps!r}")
-        if not (isinstance(latency_s, (int, float)) and math.isfinite(latency_s)
-                and latency_s >= 0):
+        if not (
+            isinstance(latency_s, (int, float)) and math.isfinite(latency_s) and latency_s >= 0
+        ):
             raise ValueError(f"latency_s must be >= 0 and finite, got {latency_s!r}")
         self._name = name
         self._gbps = None if gbps is None else float(gbps)
@@ -163,8 +165,11 @@ def pace_scale(
 
     Pacing, not the machine's own storage, then sets the speed, so a CSD's internal/external
     bandwidth ratio is reproduced on any machine."""
-    for field, value in (("internal_gbps", internal_gbps), ("external_gbps", external_gbps),
-                         ("measured_read_gbps", measured_read_gbps)):
+    for field, value in (
+        ("internal_gbps", internal_gbps),
+        ("external_gbps", external_gbps),
+        ("measured_read_gbps", measured_read_gbps),
+    ):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise ValueError(f"{field} must be > 0 and finite, got {value!r}")
     if not (isinstance(target_fraction, (int, float)) and 0 < target_fraction <= 1):

@@ -25,7 +25,7 @@ L, H, D = 2, 2, 64  # GQA-like: 2 layers, 2 KV heads, head_dim 64
 
 # Deterministic content from (sequence, token, layer, head, dim); exact in float16. Shared with
 # the crash-test writer, which runs it without torch.
-_EXPECTED_SRC = '''
+_EXPECTED_SRC = """
 def expected(seq, start, count, L, H, D):
     i = np.arange(start, start + count)[:, None, None, None]
     base = (seq * 1009 + i * 37 + np.arange(L)[None, :, None, None] * 101
@@ -33,7 +33,7 @@ def expected(seq, start, count, L, H, D):
     k = ((base % 2039) - 1019) / 8
     v = (((base * 3 + 11) % 2027) - 1013) / 8
     return k.astype(np.float16), v.astype(np.float16)
-'''
+"""
 _ns: dict[str, Any] = {"np": np}
 exec(_EXPECTED_SRC, _ns)
 expected = _ns["expected"]
@@ -41,12 +41,15 @@ expected = _ns["expected"]
 
 def _random_kv(T: int, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(T, L, H, D, generator=g).to(dtype),
-            torch.randn(T, L, H, D, generator=g).to(dtype))
+    return (
+        torch.randn(T, L, H, D, generator=g).to(dtype),
+        torch.randn(T, L, H, D, generator=g).to(dtype),
+    )
 
 
-def _append_in_chunks(store: KVStore, seq_id: int, k: torch.Tensor, v: torch.Tensor,
-                      seed: int) -> None:
+def _append_in_chunks(
+    store: KVStore, seq_id: int, k: torch.Tensor, v: torch.Tensor, seed: int
+) -> None:
     rng = np.random.default_rng(seed)
     i = 0
     while i < len(k):
@@ -54,7 +57,7 @@ def _append_in_chunks(store: KVStore, seq_id: int, k: torch.Tensor, v: torch.Ten
         if step == 1:
             store.append(seq_id, k[i], v[i])  # the one-token [L, H, D] form
         else:
-            store.append(seq_id, k[i:i + step], v[i:i + step])
+            store.append(seq_id, k[i : i + step], v[i : i + step])
         i = min(i + step, len(k))
 
 
@@ -75,8 +78,8 @@ def _assert_reads(store: KVStore, seq_id: int, k: torch.Tensor, v: torch.Tensor)
     last = store.num_pages(seq_id) - 1
     rk, rv = store.read_pages(seq_id, L - 1, H - 1, [last, 0])
     first = k[:P, L - 1, H - 1]
-    assert torch.equal(rk, torch.cat([k[last * P:, L - 1, H - 1], first]))
-    assert torch.equal(rv[-len(first):], v[:P, L - 1, H - 1])
+    assert torch.equal(rk, torch.cat([k[last * P :, L - 1, H - 1], first]))
+    assert torch.equal(rv[-len(first) :], v[:P, L - 1, H - 1])
 
 
 # ------------------------------------------------------------------ round trips
@@ -85,7 +88,8 @@ def _assert_reads(store: KVStore, seq_id: int, k: torch.Tensor, v: torch.Tensor)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("T", [1, 15, 16, 17, 100])
 def test_round_trip_across_page_boundaries_and_reopen(
-        tmp_path: pathlib.Path, dtype: torch.dtype, T: int) -> None:
+    tmp_path: pathlib.Path, dtype: torch.dtype, T: int
+) -> None:
     k, v = _random_kv(T + 20, dtype, seed=T)
     with KVStore(tmp_path, L, H, D, dtype) as store:
         _append_in_chunks(store, 7, k[:T], v[:T], seed=T)
@@ -168,12 +172,17 @@ def test_iter_pages_streams_one_page_at_a_time(tmp_path: pathlib.Path) -> None:
 
 @pytest.mark.parametrize(
     ("field", "kwargs"),
-    [("num_layers", {"num_layers": 3}), ("num_kv_heads", {"num_kv_heads": 4}),
-     ("head_dim", {"head_dim": 128}), ("dtype", {"dtype": torch.float32}),
-     ("page_tokens", {"page_tokens": 8})],
+    [
+        ("num_layers", {"num_layers": 3}),
+        ("num_kv_heads", {"num_kv_heads": 4}),
+        ("head_dim", {"head_dim": 128}),
+        ("dtype", {"dtype": torch.float32}),
+        ("page_tokens", {"page_tokens": 8}),
+    ],
 )
-def test_reopen_with_other_shape_names_the_field(tmp_path: pathlib.Path, field: str,
-                                                 kwargs: dict[str, Any]) -> None:
+def test_reopen_with_other_shape_names_the_field(
+    tmp_path: pathlib.Path, field: str, kwargs: dict[str, Any]
+) -> None:
     KVStore(tmp_path, L, H, D).close()
     args: dict[str, Any] = {"num_layers": L, "num_kv_heads": H, "head_dim": D} | kwargs
     with pytest.raises(ValueError, match=field):
@@ -240,8 +249,7 @@ def _flip(path: pathlib.Path, offset: int, mask: int = 0x5A) -> None:
         f.write(bytes([byte ^ mask]))
 
 
-def _check_all_pages(store: KVStore, seq_id: int, k: np.ndarray, v: np.ndarray,
-                     P: int) -> int:
+def _check_all_pages(store: KVStore, seq_id: int, k: np.ndarray, v: np.ndarray, P: int) -> int:
     """Every page reads back exactly or raises TornPageError; returns how many raised."""
     torn = 0
     n = store.num_tokens(seq_id)
@@ -267,12 +275,13 @@ def _check_all_pages(store: KVStore, seq_id: int, k: np.ndarray, v: np.ndarray,
     return torn
 
 
-def _synced_store(root: pathlib.Path, T: int, P: int, Ls: int = 1, Hs: int = 2,
-                  Ds: int = 8) -> tuple[np.ndarray, np.ndarray]:
+def _synced_store(
+    root: pathlib.Path, T: int, P: int, Ls: int = 1, Hs: int = 2, Ds: int = 8
+) -> tuple[np.ndarray, np.ndarray]:
     k, v = expected(0, 0, T, Ls, Hs, Ds)
     with KVStore(root, Ls, Hs, Ds, "float16", P) as store:
         for i in range(0, T, 3):
-            store.append(0, k[i:i + 3], v[i:i + 3])
+            store.append(0, k[i : i + 3], v[i : i + 3])
             if i % 6 == 0:
                 store.sync()
         store.sync()
@@ -382,7 +391,9 @@ def test_sequences_held_unequally_are_cut_to_the_shortest(tmp_path: pathlib.Path
 
 # ------------------------------------------------------------------ crash safety (SIGKILL)
 
-_WRITER = _EXPECTED_SRC + r'''
+_WRITER = (
+    _EXPECTED_SRC
+    + r"""
 import importlib.util, os, struct, sys, time
 import numpy as np
 spec = importlib.util.spec_from_file_location("kvstore_standalone", sys.argv[1])
@@ -410,18 +421,37 @@ while time.monotonic() < deadline:
         n = store.sync(s)
         os.write(ack, struct.pack("<QQQ", 1, s, n))  # acknowledged
         os.fsync(ack)
-'''
+"""
+)
 
 _CL, _CH, _CD, _CP, _CHUNK, _NSEQ = 2, 2, 8, 4, 8, 3
 
 
-def _run_and_kill(root: pathlib.Path, ack_path: pathlib.Path, seed: int,
-                  rng: np.random.Generator, sync_prob: float = 0.07,
-                  anywhere_prob: float = 0.2) -> None:
+def _run_and_kill(
+    root: pathlib.Path,
+    ack_path: pathlib.Path,
+    seed: int,
+    rng: np.random.Generator,
+    sync_prob: float = 0.07,
+    anywhere_prob: float = 0.2,
+) -> None:
     """Start a writer and SIGKILL it at a random point (mostly while it appends and syncs)."""
-    args = [sys.executable, "-c", _WRITER, kvstore_module.__file__, str(root), str(ack_path),
-            str(seed), str(_CL), str(_CH), str(_CD), str(_CP), str(_CHUNK), str(_NSEQ),
-            str(sync_prob)]
+    args = [
+        sys.executable,
+        "-c",
+        _WRITER,
+        kvstore_module.__file__,
+        str(root),
+        str(ack_path),
+        str(seed),
+        str(_CL),
+        str(_CH),
+        str(_CD),
+        str(_CP),
+        str(_CHUNK),
+        str(_NSEQ),
+        str(sync_prob),
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         if rng.random() < anywhere_prob:  # anywhere, recovery and repair included
@@ -457,7 +487,7 @@ def _torn_slots_on_disk(root: pathlib.Path) -> int:
     for path in root.glob("seq_*/*.kv"):
         data = path.read_bytes()
         for off in range(0, len(data), slot):
-            buf = data[off:off + slot]
+            buf = data[off : off + slot]
             if not any(buf):
                 continue
             crc = zlib.crc32(buf[48:], zlib.crc32(buf[:44]))
@@ -465,8 +495,9 @@ def _torn_slots_on_disk(root: pathlib.Path) -> int:
     return torn
 
 
-def _check_after_crash(root: pathlib.Path, acked: dict[int, int],
-                       readonly: bool) -> tuple[int, int]:
+def _check_after_crash(
+    root: pathlib.Path, acked: dict[int, int], readonly: bool
+) -> tuple[int, int]:
     """Reopen, check every acknowledged token is there and every page exact; return
     (torn slots recovery found, pages that raised TornPageError)."""
     torn_reads = 0
@@ -503,9 +534,11 @@ def _crash_loop(tmp_path: pathlib.Path, kills: int) -> None:
             store.append(s, *expected(s, n, 9, _CL, _CH, _CD))
         store.sync()
     assert _check_after_crash(root, acked, readonly=True)[1] == 0
-    print(f"\ncrash: {kills} kills, {sum(acked.values())} tokens acknowledged, "
-          f"{on_disk} torn slots on disk after the kills, {torn_slots} of them met and skipped "
-          "by recovery (the rest lay beyond every commit record)")
+    print(
+        f"\ncrash: {kills} kills, {sum(acked.values())} tokens acknowledged, "
+        f"{on_disk} torn slots on disk after the kills, {torn_slots} of them met and skipped "
+        "by recovery (the rest lay beyond every commit record)"
+    )
 
 
 def _fault_loop(tmp_path: pathlib.Path, rounds: int) -> None:
@@ -518,8 +551,14 @@ def _fault_loop(tmp_path: pathlib.Path, rounds: int) -> None:
         root, ack_path = tmp_path / f"store{r}", tmp_path / f"acks{r}"
         mode = r % 3  # 0: unacknowledged data only, 1: acknowledged full pages, 2: anywhere
         for attempt in range(6):  # kill (and recover) until there is data of the wanted kind
-            _run_and_kill(root, ack_path, seed=1000 * r + attempt, rng=rng,
-                          sync_prob=0.05 if mode == 0 else 0.3, anywhere_prob=0.0)
+            _run_and_kill(
+                root,
+                ack_path,
+                seed=1000 * r + attempt,
+                rng=rng,
+                sync_prob=0.05 if mode == 0 else 0.3,
+                anywhere_prob=0.0,
+            )
             acked, intent = _acks(ack_path)
             s = max(range(_NSEQ), key=lambda seq: acked.get(seq, 0))
             files = [f for f in sorted((root / f"seq_{s}").glob("*.kv")) if f.stat().st_size]
@@ -531,8 +570,11 @@ def _fault_loop(tmp_path: pathlib.Path, rounds: int) -> None:
             A, A_max = acked.get(s, 0), intent.get(s, 0)
             acked_end = (TAIL_SLOTS + A // _CP) * slot  # end of the full pages of acked tokens
             unacked_from = (TAIL_SLOTS + A_max // _CP) * slot  # beyond what a sync may cover
-            if ((mode == 0 and unacked_from < size)
-                    or (mode == 1 and acked_end > TAIL_SLOTS * slot) or mode == 2):
+            if (
+                (mode == 0 and unacked_from < size)
+                or (mode == 1 and acked_end > TAIL_SLOTS * slot)
+                or mode == 2
+            ):
                 break
         if not files:
             continue
@@ -552,9 +594,12 @@ def _fault_loop(tmp_path: pathlib.Path, rounds: int) -> None:
                 f.write(rng.integers(0, 256, end - start, dtype=np.uint8).tobytes())
         after = path.read_bytes()
         unacked_only = start >= unacked_from
-        hit_pages = [p for p in range(A // _CP)
-                     if before[(TAIL_SLOTS + p) * slot:(TAIL_SLOTS + p + 1) * slot]
-                     != after[(TAIL_SLOTS + p) * slot:(TAIL_SLOTS + p + 1) * slot]]
+        hit_pages = [
+            p
+            for p in range(A // _CP)
+            if before[(TAIL_SLOTS + p) * slot : (TAIL_SLOTS + p + 1) * slot]
+            != after[(TAIL_SLOTS + p) * slot : (TAIL_SLOTS + p + 1) * slot]
+        ]
         for readonly in (r % 2 == 1, True):  # the writable open repairs; then reopen
             with KVStore(root, _CL, _CH, _CD, "float16", _CP, readonly=readonly) as store:
                 for seq in range(_NSEQ):

@@ -145,8 +145,13 @@ def test_reset_and_stats() -> None:
         "busy_s": pytest.approx(1e-5 + 4000 / (100.0 * GB)),
     }
     link.reset()
-    assert link.stats() == {"name": "pcie", "gbps": 100.0, "bytes": 0, "transfers": 0,
-                            "busy_s": 0.0}
+    assert link.stats() == {
+        "name": "pcie",
+        "gbps": 100.0,
+        "bytes": 0,
+        "transfers": 0,
+        "busy_s": 0.0,
+    }
 
 
 @pytest.mark.parametrize("gbps", [0, -1, float("nan"), float("inf"), "1"])
