@@ -79,7 +79,7 @@ def main(argv=None) -> None:
         wt = np.array(w, dtype=np.float32)
         ret = np.mean(
             [
-                episode_return(evaluation, lambda o, i: agent.eval(o, wt), 100 + e)
+                episode_return(evaluation, lambda o, i, wt=wt: agent.eval(o, wt), 100 + e)
                 for e in range(args.episodes)
             ],
             axis=0,

@@ -117,7 +117,9 @@ def test_gmorl_protocol_uses_the_worst_point_as_reference(tmp_path):
     worst = [min(r[k] for f in first["returns"].values() for r in f) for k in range(2)]
     assert first["reference_point_raw"] == pytest.approx(worst)
     assert len(doc["scenarios"]) == 2
-    assert (out / "front.png").is_file() and (out / "front-GMORLOffload-v0-ranges-test.png").is_file()
+    assert (out / "front.png").is_file() and (
+        out / "front-GMORLOffload-v0-ranges-test.png"
+    ).is_file()
 
 
 @pytest.mark.parametrize(
