@@ -34,15 +34,42 @@ def objective_scale(env) -> np.ndarray:
     """Per-objective reward scale for learning: the mean magnitude of a request's reward under
     a uniformly random valid policy, measured once on a fresh copy of the env's scenario
     (``SCALE_EPISODES`` episodes, fixed seed, so the scale is a property of the scenario).
-    Envs without a scenario (GMORLOffload, whose rewards are already scaled by alpha_T and
-    alpha_E) get ones. Dividing by it puts a second of latency and a joule of energy on
-    comparable terms before a preference weighs them."""
+    GMORLOffload (no scenario) gets the same measure on its own world (the training ranges):
+    its alpha_T and alpha_E leave a step's delay reward ~10x smaller than its energy reward,
+    which would let the entropy bonus drown the delay objective. Other envs without a scenario
+    get ones. Dividing by it puts a second of latency and a joule of energy on comparable terms
+    before a preference weighs them."""
     u = getattr(env, "unwrapped", env)
     scenario = getattr(u, "scenario", None)
     dim = int(u.reward_dim)
     if scenario is None:
+        from mec_env.envs.gmorl import GMORLBatchedCore
+
+        if isinstance(getattr(u, "_core", None), GMORLBatchedCore):
+            return _gmorl_scale().copy()
         return np.ones(dim, np.float32)
     return _scenario_scale(scenario).copy()
+
+
+@functools.lru_cache(maxsize=1)
+def _gmorl_scale() -> np.ndarray:
+    from mec_env.envs.gmorl import GMORLOffloadEnv
+
+    env = GMORLOffloadEnv()
+    rng = np.random.default_rng(SCALE_SEED)
+    total, count = np.zeros(env.reward_dim), 0
+    for episode in range(SCALE_EPISODES):
+        _, info = env.reset(seed=SCALE_SEED + episode)
+        done = False
+        while not done:
+            action = int(rng.choice(np.flatnonzero(info["action_mask"])))
+            _, reward, terminated, truncated, info = env.step(action)
+            total += np.abs(reward)
+            count += 1
+            done = terminated or truncated
+    scale = np.maximum(total / count, 1e-6).astype(np.float32)
+    scale.setflags(write=False)
+    return scale
 
 
 @functools.lru_cache(maxsize=32)
