@@ -112,6 +112,12 @@ def build_parser():
         help="scenario: normalised returns, the scenario's published bounds and reference point; worst: raw returns, the worst value of each objective over all compared fronts (GMORL) (default: scenario for llm-offload, worst for gmorl)",
     )
     ap.add_argument(
+        "--reference-set",
+        default="all",
+        choices=("all", "learned-and-random"),
+        help="--reference-point worst: the fronts the worst point is taken over: every compared method, or (GMORL's comparison set) the trained runs, per-preference policies and random only; the other methods are then scored against that point (default: %(default)s)",
+    )
+    ap.add_argument(
         "--oracle",
         action="store_true",
         help="add the clairvoyant oracle (mec_env.oracle; exhaustive on tiny instances, beam search otherwise) and IGD to its front",
@@ -398,12 +404,14 @@ def evaluate_on(
     return fronts
 
 
-def metrics_table(fronts, spec: EnvSpec, reference: str, oracle_front=None):
-    """Per method: hypervolume, expected utility, sparsity, cardinality (+ IGD to the oracle)."""
+def metrics_table(fronts, spec: EnvSpec, reference: str, oracle_front=None, reference_set=None):
+    """Per method: hypervolume, expected utility, sparsity, cardinality (+ IGD to the oracle).
+    ``reference_set``: the methods whose fronts set the worst point (None: all)."""
     from mec_env import pareto
 
     if reference == "worst":
-        everything = np.concatenate(list(fronts.values()))
+        chosen = [v for k, v in fronts.items() if reference_set is None or k in reference_set]
+        everything = np.concatenate(chosen or list(fronts.values()))
         low = everything.min(axis=0)
         high = everything.max(axis=0)
         ref = low.copy()
@@ -576,6 +584,7 @@ def main(argv: list[str] | None = None) -> int:
         "episodes": args.episodes,
         "seeds": list(range(args.seed, args.seed + args.episodes)),
         "reference": reference,
+        "reference_set": args.reference_set,
         "objectives": {"names": list(names), "units": list(units)},
         "scenarios": {},
     }
@@ -596,7 +605,15 @@ def main(argv: list[str] | None = None) -> int:
                         extra[label] = evaluate_on(s, [ref_run], [], prefs, args, progress)[
                             ref_run.label
                         ]
-            rows, ref_raw = metrics_table({**fronts, **extra}, s, reference, oracle_front)
+            reference_set = None
+            if args.reference_set == "learned-and-random":
+                learned = {r.label for r in runs} | {
+                    k for k in fronts if k.startswith("per-preference")
+                }
+                reference_set = learned | {"random"} | set(extra)
+            rows, ref_raw = metrics_table(
+                {**fronts, **extra}, s, reference, oracle_front, reference_set
+            )
             for label in extra:
                 hv_ref = rows[label]["hypervolume"]
                 for name in fronts:

@@ -197,10 +197,14 @@ def test_gmorl_side_by_side_with_per_preference_policies_and_unseen_frequencies(
         "--env", "gmorl", "--gmorl-edges", "2", "--baselines", "random,all-cloud",
         "--preferences", "3", "--episodes", "1", "--eval-scenarios", "ranges=test",
         "--reference-runs", str(trained_on_test), "--out", str(out), "--no-progress", "--no-plot",
+        "--reference-set", "learned-and-random",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     doc = json.loads((out / "results.json").read_text())
     main, held = doc["scenarios"].values()
+    paper_set = ["Discrete-SAC [ours]", "per-preference policies (2)", "random"]
+    worst = [min(r[k] for m in paper_set for r in main["returns"][m]) for k in range(2)]
+    assert main["reference_point_raw"] == pytest.approx(worst)  # all-cloud does not set it
     assert len(main["returns"]["per-preference policies (2)"]) == 2
     assert {"Discrete-SAC [ours]", "random", "all-cloud"} <= set(main["metrics"])
     assert held["metrics"]["Discrete-SAC [ours]"]["gap_to_trained_on_variant"] is not None
