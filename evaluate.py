@@ -389,10 +389,9 @@ def evaluate_on(
                 envs[algo], policy, prefs, args.episodes, args.seed, progress, run.label
             )
         if baselines:
-            env = envs.get("dsac") or spec.make(
-                "dsac" if spec.family == "gmorl" else None, len(prefs)
-            )
-            envs.setdefault("dsac", env)
+            if "dsac" not in envs:  # baselines act in the discrete env
+                envs["dsac"] = spec.make("dsac", len(prefs))
+            env = envs["dsac"]
             for name in baselines:
                 b = make_baseline(name, env, seed=args.seed)
                 fronts[name] = run_method(

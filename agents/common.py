@@ -55,21 +55,9 @@ def objective_scale(env) -> np.ndarray:
 def _gmorl_scale() -> np.ndarray:
     from mec_env.envs.gmorl import GMORLOffloadEnv
 
-    env = GMORLOffloadEnv()
-    rng = np.random.default_rng(SCALE_SEED)
-    total, count = np.zeros(env.reward_dim), 0
-    for episode in range(SCALE_EPISODES):
-        _, info = env.reset(seed=SCALE_SEED + episode)
-        done = False
-        while not done:
-            action = int(rng.choice(np.flatnonzero(info["action_mask"])))
-            _, reward, terminated, truncated, info = env.step(action)
-            total += np.abs(reward)
-            count += 1
-            done = terminated or truncated
-    scale = np.maximum(total / count, 1e-6).astype(np.float32)
-    scale.setflags(write=False)
-    return scale
+    return _random_policy_scale(
+        GMORLOffloadEnv(), lambda mask, rng: int(rng.choice(np.flatnonzero(mask)))
+    )
 
 
 @functools.lru_cache(maxsize=32)
@@ -78,8 +66,13 @@ def _scenario_scale(scenario) -> np.ndarray:
     from mec_env.masks import MaskSampler
 
     env = LLMOffloadEnv(scenario)
+    return _random_policy_scale(env, MaskSampler(env.action_space.nvec))
+
+
+def _random_policy_scale(env, sample) -> np.ndarray:
+    """Mean |reward| per objective over ``SCALE_EPISODES`` episodes of ``sample(mask, rng)``
+    (a uniformly random valid action), read-only."""
     rng = np.random.default_rng(SCALE_SEED)
-    sample = MaskSampler(env.action_space.nvec)
     total, count = np.zeros(env.reward_dim), 0
     for episode in range(SCALE_EPISODES):
         _, info = env.reset(seed=SCALE_SEED + episode)

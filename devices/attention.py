@@ -208,6 +208,10 @@ class OnlineSoftmax:
         s.sub_(m_new.unsqueeze(-1)).exp_()  # p = exp(s - m_new), in place
         l_c = s.sum(dim=-1)
         o_c = torch.matmul(s, vf)  # [..., G, D]
+        self._absorb(m_new, l_c, o_c, n)
+
+    def _absorb(self, m_new: Tensor, l_c: Tensor, o_c: Tensor, n: int) -> None:
+        """Fold a chunk's running max, exp-sum and unnormalised output into the state."""
         if self.m is None:
             self.l, self.acc = l_c, o_c
         else:
@@ -275,14 +279,7 @@ class OnlineSoftmax:
             if n:
                 o_c.addmm_(s[:, off : off + n], fp32(v, n))
             off += n
-        if self.m is None:
-            self.l, self.acc = l_c, o_c
-        else:
-            alpha = torch.exp(self.m - m_new)
-            self.l = self.l * alpha + l_c
-            self.acc = self.acc * alpha.unsqueeze(-1) + o_c
-        self.m = m_new
-        self.tokens += n_total
+        self._absorb(m_new, l_c, o_c, n_total)
 
     def _fused(self, k: Tensor, v: Tensor) -> bool:
         """PyTorch's fused CPU flash-attention kernel on one contiguous piece (the G query

@@ -41,6 +41,7 @@ loaded on demand, so its measured time is an upper bound of the predicted one).
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import tempfile
@@ -53,7 +54,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from devices.attention import partial_attention
+from devices.experts import ExpertCache
+from devices.host import HostAttention
+from devices.kvstore import KVStore
 from devices.links import Link
+from devices.worker import InStorageWorker
+from mec_env.cost_model import kv_link_bytes_per_step
+from mec_env.expert_hits import routing_params
+from mec_env.models import MODEL_PRESETS
+from mec_env.routing import RoutingGenerator
 
 GB = 1e9
 FP32 = 4
@@ -113,9 +123,6 @@ def calibrate(reps: int = 7) -> tuple[float, float]:
     KV in memory) timed at two contexts: t(c) = weight bytes / rate + c x (attention FLOPs per
     context token) / FLOP rate. Medians of ``reps`` steps after a warm-up. The validation then
     checks the other models, contexts, tiers, links, splits and expert policies."""
-    from devices.attention import partial_attention
-    from mec_env.models import MODEL_PRESETS
-
     m = scaled_model(MODEL_PRESETS["llama-3-8b"])
     W = DecoderWeights(m, seed=0)
     g = torch.Generator().manual_seed(0)
@@ -324,12 +331,6 @@ class Backend:
     """Executes decode steps of the validation scenario's models on this machine."""
 
     def __init__(self, scenario, hw: ValidationHardware, workdir: Path, seed: int = 0) -> None:
-        from devices.experts import ExpertCache
-        from devices.host import HostAttention
-        from devices.kvstore import KVStore
-        from mec_env.expert_hits import routing_params
-        from mec_env.routing import RoutingGenerator
-
         self.scenario, self.hw, self.workdir = scenario, hw, workdir
         self.weights = {
             m.name: DecoderWeights(m, seed + i)
@@ -344,11 +345,9 @@ class Backend:
         self._hosts: dict[str, Any] = {}
         self._workers: dict[str, Any] = {}
         self._seqs: dict[tuple[str, str, int], int] = {}
-        self._KVStore, self._Host, self._Cache = KVStore, HostAttention, ExpertCache
         self.caches: dict[tuple[int, str, int], Any] = {}
         self.routers: dict[tuple[int, str], Any] = {}
         self._tokens: dict[tuple[int, str, int], int] = {}
-        self._routing_params, self._Gen = routing_params, RoutingGenerator
         self.seed = seed
         self._scratch: dict[tuple, torch.Tensor] = {}
 
@@ -364,19 +363,17 @@ class Backend:
     def _store(self, m):
         if m.name not in self._stores:
             root = self.workdir / f"ssd-{m.name}"
-            self._stores[m.name] = self._KVStore(
+            self._stores[m.name] = KVStore(
                 root, m.num_layers, m.num_kv_heads, m.head_dim, torch.float32
             )
             # page_budget: transfer and compute overlap, as a GPU pipeline would (the cost
             # model charges the transfer alone)
-            self._hosts[m.name] = self._Host(
+            self._hosts[m.name] = HostAttention(
                 self._stores[m.name], self.ssd_link, device="cpu", page_budget=1024
             )
         return self._stores[m.name], self._hosts[m.name]
 
     def _worker(self, m):
-        from devices.worker import InStorageWorker
-
         if m.name not in self._workers:
             self._workers[m.name] = InStorageWorker(
                 self.workdir / f"csd-{m.name}",
@@ -415,7 +412,7 @@ class Backend:
         same routing stream pass through the cache first (not timed, not counted)."""
         key = (target, m.name, policy)
         if key not in self.caches:
-            cache = self._Cache(m.num_layers, m.num_experts, capacity, "lru")
+            cache = ExpertCache(m.num_layers, m.num_experts, capacity, "lru")
             W = self.weights[m.name]
             routing = self._routing(target, m, WARM_TOKENS)
             for t in range(WARM_TOKENS):
@@ -438,7 +435,7 @@ class Backend:
         key = (target, m.name)
         if key not in self.routers:
             rng = np.random.default_rng(self.seed + 7919 * target + len(self.routers))
-            self.routers[key] = self._Gen(self._routing_params(m), rng)
+            self.routers[key] = RoutingGenerator(routing_params(m), rng)
         return self.routers[key].generate(tokens)
 
     # -- one decode step --------------------------------------------------------------------
@@ -501,8 +498,6 @@ class Backend:
                 if where in ("fast", "dram"):
                     if where == "dram" and plan["dram_moves_kv"]:
                         self.pcie.transfer((k_mem[layer].numel() + v_mem[layer].numel()) * FP32)
-                    from devices.attention import partial_attention
-
                     out, _ = partial_attention(q, k_mem[layer], v_mem[layer])
                 else:  # ssd / csd: attended above
                     out = remote[layer]
@@ -597,8 +592,6 @@ def predicted_step(
     core, device: int, plan_idx: tuple[int, int, int, int], model_idx: int, context: int
 ) -> dict[str, Any]:
     """The simulator's decode-step time and KV-link bytes for this plan at ``context``."""
-    from mec_env.cost_model import kv_link_bytes_per_step
-
     g, s, tier, pol = plan_idx
     t = core.tables
     work = t.work_coef[device, g, model_idx, s, tier, pol]
@@ -829,7 +822,6 @@ def validate_main(args, runs, out: Path) -> int:
         "decisions": rows,
     }
     (out / "validation.json").write_text(json.dumps(doc, indent=1))
-    import csv
 
     with (out / "validation.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["decision"])
