@@ -106,7 +106,9 @@ def kernel_gbps(nbytes: int, reps: int, head_dim: int, group: int, chunk_tokens:
 
     def run_all() -> None:
         for a in range(0, n, chunk_tokens):
-            grouped_partial_attention(q, k[None, a : a + chunk_tokens], v[None, a : a + chunk_tokens])
+            grouped_partial_attention(
+                q, k[None, a : a + chunk_tokens], v[None, a : a + chunk_tokens]
+            )
 
     return 4 * n * head_dim / best_time(run_all, reps) / GB
 
