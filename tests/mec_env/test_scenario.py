@@ -1062,3 +1062,20 @@ def test_preset_key_only_where_presets_exist() -> None:
     data["servers"][0]["host"]["preset"] = "x"
     with pytest.raises(ValueError, match=r"^servers\[0\]\.host\.preset is not a known field"):
         Scenario.from_dict(data)
+
+
+def test_rush_hour_example_is_the_default_with_its_two_stated_changes() -> None:
+    """examples/rush-hour.yaml (README, Status) must stay the default scenario with 4x the
+    arrivals and 4 admission slots per server, nothing else."""
+    path = Path(__file__).resolve().parents[2] / "examples" / "rush-hour.yaml"
+    rush = load_scenario(path).to_dict()
+    base = load_scenario("default").to_dict()
+    assert rush["workload"]["arrival_rate_hz"] == pytest.approx(
+        4 * base["workload"]["arrival_rate_hz"]
+    )
+    assert [s["max_running"] for s in rush["servers"]] == [4] * len(base["servers"])
+    for d in (rush, base):
+        d.pop("name"), d.pop("description"), d["workload"].pop("arrival_rate_hz")
+        for s in d["servers"]:
+            s.pop("max_running")
+    assert rush == base
