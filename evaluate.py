@@ -12,9 +12,9 @@ spaced for two objectives, a simplex lattice for three) x M episodes with the sa
 (``--seed .. --seed + M - 1``) for every method. For each method: the mean vector return per
 preference, its Pareto front, the hypervolume (normalised with the scenario's published
 bounds and reference point; ``--reference-point worst`` uses raw returns and the worst value
-of each objective over all compared fronts, as GMORL does), expected utility, sparsity,
-cardinality, and, with ``--oracle``, the IGD to the oracle's front (the clairvoyant upper
-bound of :mod:`mec_env.oracle`). Writes ``results.json``, ``results.csv``, ``results.md`` and
+of each objective over the compared methods' Pareto fronts, their nadir, as GMORL does),
+expected utility, sparsity, cardinality, and, with ``--oracle``, the IGD to the oracle's
+front (the clairvoyant upper bound of :mod:`mec_env.oracle`). Writes ``results.json``, ``results.csv``, ``results.md`` and
 ``front.png`` (``front-<scenario>.png`` per held-out scenario) into ``--out``.
 
 Generalisation: ``--eval-scenarios`` evaluates every method on held-out variants too (presets
@@ -109,7 +109,7 @@ def build_parser():
         "--reference-point",
         default=None,
         choices=("scenario", "worst"),
-        help="scenario: normalised returns, the scenario's published bounds and reference point; worst: raw returns, the worst value of each objective over all compared fronts (GMORL) (default: scenario for llm-offload, worst for gmorl)",
+        help="scenario: normalised returns, the scenario's published bounds and reference point; worst: raw returns, the worst value of each objective over the compared methods' Pareto fronts (their nadir; GMORL) (default: scenario for llm-offload, worst for gmorl)",
     )
     ap.add_argument(
         "--reference-set",
@@ -409,8 +409,14 @@ def metrics_table(fronts, spec: EnvSpec, reference: str, oracle_front=None, refe
     from mec_env import pareto
 
     if reference == "worst":
-        chosen = [v for k, v in fronts.items() if reference_set is None or k in reference_set]
-        everything = np.concatenate(chosen or list(fronts.values()))
+        # the nadir of the compared Pareto fronts: a method's dominated points are not part of
+        # its front, so they cannot stretch the box
+        chosen = [
+            pareto.pareto_front(v)
+            for k, v in fronts.items()
+            if reference_set is None or k in reference_set
+        ]
+        everything = np.concatenate(chosen or [pareto.pareto_front(v) for v in fronts.values()])
         low = everything.min(axis=0)
         high = everything.max(axis=0)
         ref = low.copy()

@@ -8,7 +8,8 @@ preferences x ``--episodes`` episodes (the exact front of mean returns from exha
 over every open plan sequence) with greedy and random beside it, and prints each method's
 hypervolume as a fraction of the oracle's, with two reference points: the scenario's published
 bounds (lenient: its reference point lies far beyond these short episodes) and the worst
-value of each objective over all compared fronts (strict: the fronts' own spread).
+value of each objective over the compared Pareto fronts (their nadir; strict: the fronts' own
+spread).
 """
 
 from __future__ import annotations
