@@ -14,8 +14,9 @@ preference, its Pareto front, the hypervolume (normalised with the scenario's pu
 bounds and reference point; ``--reference-point worst`` uses raw returns and the worst value
 of each objective over the compared methods' Pareto fronts, their nadir, as GMORL does),
 expected utility, sparsity, cardinality, and, with ``--oracle``, the IGD to the oracle's
-front (the clairvoyant upper bound of :mod:`mec_env.oracle`). Writes ``results.json``, ``results.csv``, ``results.md`` and
-``front.png`` (``front-<scenario>.png`` per held-out scenario) into ``--out``.
+front (the clairvoyant upper bound of :mod:`mec_env.oracle`). Writes ``results.json``,
+``results.csv``, ``results.md`` and ``front.png`` (``front-<scenario>.png`` per held-out
+scenario) into ``--out``.
 
 Generalisation: ``--eval-scenarios`` evaluates every method on held-out variants too (presets
 or YAML files for ``--env llm-offload``; ``key=value[,key=value]`` settings of the GMORL env,
@@ -411,12 +412,8 @@ def metrics_table(fronts, spec: EnvSpec, reference: str, oracle_front=None, refe
     if reference == "worst":
         # the nadir of the compared Pareto fronts: a method's dominated points are not part of
         # its front, so they cannot stretch the box
-        chosen = [
-            pareto.pareto_front(v)
-            for k, v in fronts.items()
-            if reference_set is None or k in reference_set
-        ]
-        everything = np.concatenate(chosen or [pareto.pareto_front(v) for v in fronts.values()])
+        keys = [k for k in fronts if reference_set is None or k in reference_set] or list(fronts)
+        everything = np.concatenate([pareto.pareto_front(fronts[k]) for k in keys])
         low = everything.min(axis=0)
         high = everything.max(axis=0)
         ref = low.copy()

@@ -73,14 +73,10 @@ def best_time(fn, reps: int) -> float:
     return best
 
 
-def memory_read_gbps(nbytes: int, reps: int) -> float:
-    x = torch.ones(nbytes // 4, dtype=torch.float32)
-    return nbytes / best_time(x.sum, reps) / GB
-
-
-def memory_read_gbps_threads(nbytes: int, reps: int, threads: int = 2) -> float:
-    """The same sum, one tensor per thread, ``threads`` threads at once (the worker's scan runs
-    a reader and a compute thread, so this is the bandwidth those two threads could reach)."""
+def memory_read_gbps(nbytes: int, reps: int, threads: int = 1) -> float:
+    """Torch sum over a large fp32 tensor, one tensor per thread, ``threads`` threads at once
+    (the worker's scan runs a reader and a compute thread: two threads is the bandwidth those
+    could reach)."""
     xs = [torch.ones(nbytes // 4, dtype=torch.float32) for _ in range(threads)]
 
     def run_all() -> None:
@@ -153,7 +149,7 @@ def run(args) -> int:
             flush=True,
         )
         membw = memory_read_gbps(args.membw_mb << 20, reps + 2)
-        membw2 = memory_read_gbps_threads(args.membw_mb << 20, reps + 2, 2)
+        membw2 = memory_read_gbps(args.membw_mb << 20, reps + 2, threads=2)
         flops = matmul_flops(512 if not args.quick else 256, reps + 2)
         kv_bytes = 2 * N * L * Hkv * D * elem  # read per decode step (the whole context)
         kv_new = 2 * L * Hkv * D * elem  # one token's k and v
