@@ -97,6 +97,12 @@ FEATURES = (
 )
 NUM_FEATURES = len(FEATURES) + HIST_BINS
 _HIST_ROW = len(FEATURES)
+# Optional rows after the histogram (``cost_features=True``; not in the paper): the reward-scaled
+# delay and energy that sending the current task to each server would be charged now, i.e.
+# -reward of that action (ALPHA_T_PER_S * s, ALPHA_E_PER_J * J; 0 for absent servers and when
+# no task waits). The myopic costs greedy minimises, given to the policy as inputs.
+COST_FEATURES = ("predicted_delay", "predicted_energy")
+_COST_ROW = NUM_FEATURES
 _EPS_MBIT = 1e-9  # a task with less remaining work than this has finished
 _NOT_RUNNING = -1.0  # finish mark of a task still uploading (virtual time is >= 0)
 
@@ -178,8 +184,8 @@ def _run_until(n, now_s, end_s, server, count, task, task_server, scratch):
 
 @njit(cache=True)
 def _present(
-    n, episode_steps, server, count, task, task_server, env, task_mbit, rate_feat, arrived_cum,
-    stream_mbit, stream_user, static, obs, hist,
+    n, episode_steps, server, count, task, task_server, env, task_mbit, rate_bps, rate_feat,
+    arrived_cum, stream_mbit, stream_user, static, obs, hist, scratch,
 ):  # fmt: skip
     """Show env ``n`` the head of its FIFO queue (an empty task when none waits) and write its
     observation. Idempotent: the head moves only when a task is dispatched."""
@@ -212,6 +218,31 @@ def _present(
     for b in range(HIST_BINS):
         for s in range(server.shape[1]):
             obs[n, _HIST_ROW + b, s] = hist[b, s] * 0.1  # counts / 10
+    if obs.shape[1] > _COST_ROW:  # cost_features=True
+        for s in range(server.shape[1]):
+            delay_s = energy_j = 0.0
+            if has and static[n, 0, s] > 0.0:
+                delay_s, energy_j, _ = _dispatch_cost(
+                    n, s, task_mbit[n], user, server, task, task_server, rate_bps, scratch
+                )
+            obs[n, _COST_ROW, s] = ALPHA_T_PER_S * delay_s
+            obs[n, _COST_ROW + 1, s] = ALPHA_E_PER_J * energy_j
+
+
+@njit(cache=True)
+def _dispatch_cost(n, a, size, user, server, task, task_server, rate_bps, scratch):
+    """(delay s, energy J, upload s) that sending a ``size``-Mbit task of ``user`` to server
+    ``a`` of env ``n`` is charged; changes nothing but ``scratch``."""
+    mu = server[n, a, _MU]
+    tx_s = size * 1e6 / rate_bps[n, a, user]
+    energy_j = TX_POWER_W * tx_s + server[n, a, _EXEC] * size
+    # The running tasks progress during the upload, then the new one joins them.
+    k = _running_work(n, a, server[n, a, _V], task, task_server, scratch)
+    level = ps_row_served(scratch[:k], tx_s * mu)
+    for i in range(k):
+        scratch[i] = max(scratch[i] - level, 0.0)
+    own, added = ps_row_own_added(scratch[:k], size)
+    return tx_s + (own + added) / mu, energy_j, tx_s
 
 
 @njit(cache=True)
@@ -222,16 +253,9 @@ def _dispatch(
     t, size = env[n, _STEP], task_mbit[n]
     delay_s = energy_j = 0.0
     if size > 0.0:
-        mu = server[n, a, _MU]
-        tx_s = size * 1e6 / rate_bps[n, a, env[n, _USER]]
-        energy_j = TX_POWER_W * tx_s + server[n, a, _EXEC] * size
-        # The running tasks progress during the upload, then the new one joins them.
-        k = _running_work(n, a, server[n, a, _V], task, task_server, scratch)
-        level = ps_row_served(scratch[:k], tx_s * mu)
-        for i in range(k):
-            scratch[i] = max(scratch[i] - level, 0.0)
-        own, added = ps_row_own_added(scratch[:k], size)
-        delay_s = tx_s + (own + added) / mu
+        delay_s, energy_j, tx_s = _dispatch_cost(
+            n, a, size, env[n, _USER], server, task, task_server, rate_bps, scratch
+        )
         task_server[n, t] = a
         task[n, t, _WORK] = size
         task[n, t, _FINISH] = _NOT_RUNNING
@@ -263,8 +287,8 @@ def _step_kernel(
             reward[n, 0] = reward[n, 1] = 0.0
             outcome[n, 0] = outcome[n, 1] = 0.0
         _present(
-            n, episode_steps, server, count, task, task_server, env, task_mbit, rate_feat,
-            arrived_cum, stream_mbit, stream_user, static, obs, hist,
+            n, episode_steps, server, count, task, task_server, env, task_mbit, rate_bps,
+            rate_feat, arrived_cum, stream_mbit, stream_user, static, obs, hist, scratch,
         )  # fmt: skip
         truncated[n] = env[n, _STEP] >= episode_steps
 
@@ -299,7 +323,10 @@ class GMORLBatchedCore:
         min_rate_bps: float = DEFAULT_MIN_RATE_BPS,
         channel: Literal["paper", "predecessor"] = "predecessor",
         episode_steps: int = EPISODE_STEPS,
+        cost_features: bool = False,
     ) -> None:
+        if not isinstance(cost_features, (bool, np.bool_)):
+            raise ValueError(f"cost_features must be a bool, got {cost_features!r}")
         for name, value in (
             ("num_envs", num_envs),
             ("max_edges", max_edges),
@@ -338,7 +365,9 @@ class GMORLBatchedCore:
         self.episode_steps = t = int(episode_steps)
         self.min_rate_bps = float(min_rate_bps)
         self.channel = channel
-        self.obs_shape = (NUM_FEATURES, s)  # one column per server, as in the predecessor code
+        self.cost_features = bool(cost_features)
+        rows = NUM_FEATURES + (len(COST_FEATURES) if cost_features else 0)
+        self.obs_shape = (rows, s)  # one column per server, as in the predecessor code
         # Arrival stream capacity: mean lambda U T = 100 arrivals; P(Poisson(100) > 264) ~ 1e-40.
         self.stream_len = m = int(2 * ARRIVAL_RATE_PER_USER_HZ * NUM_USERS * DT_S * t) + 64
         self._server_ids = np.arange(s)
@@ -379,11 +408,13 @@ class GMORLBatchedCore:
         self.task_user, self.queue_length = self._env[:, _USER], self._env[:, _QUEUE]
         self.delay_s, self.energy_j = self._outcome[:, 0], self._outcome[:, 1]
 
-        high = np.ones(NUM_FEATURES, np.float32)
-        high[FEATURES.index("cpu_freq")] = MAX_GHZ / 5.0
-        high[_HIST_ROW:] = t / 10.0  # histogram counts / 10, at most T tasks
-        self.obs_high = np.repeat(high[:, None], s, axis=1)
         self.reward_low = self._reward_lower_bound()
+        high = np.ones(self.obs_shape[0], np.float32)
+        high[FEATURES.index("cpu_freq")] = MAX_GHZ / 5.0
+        high[_HIST_ROW:_COST_ROW] = t / 10.0  # histogram counts / 10, at most T tasks
+        if self.cost_features:
+            high[_COST_ROW:] = -self.reward_low  # -reward of one dispatch
+        self.obs_high = np.repeat(high[:, None], s, axis=1)
 
     def _reward_lower_bound(self) -> np.ndarray:
         """Worst [r_T, r_E] from the clipping bounds: a 100 Mbit task at the rate floor behind
@@ -550,6 +581,7 @@ class GMORLOffloadEnv(gym.Env):
     | 7 | num_edges | E / max_edges | [0, 1] |
     | 8 | time | steps taken / T | [0, 1] |
     | 9-68 | histogram | running tasks by remaining execution size, 1 Mbit bins (last: >= 59), count / 10 | [0, T / 10] |
+    | 69-70 | predicted_delay, predicted_energy | only with ``cost_features=True`` (not in the paper): -reward that sending the current task to this server would get now (0: absent server or no task) | [0, -reward_space.low] |
 
     ## Rewards
 
@@ -584,7 +616,8 @@ class GMORLOffloadEnv(gym.Env):
     ranges), ``invalid_action`` ("fallback", default | "raise"), ``min_rate_bps`` (1e4),
     ``channel`` ("predecessor", default: the code the published results came from, fast links;
     "paper": the formula of REFERENCE_NUMBERS sec. 5 taken literally, the cloud at ~25 kbit/s),
-    ``episode_steps`` (100).
+    ``episode_steps`` (100), ``cost_features`` (False; True adds observation rows 69-70, the
+    myopic costs the greedy baseline minimises, so a policy need not learn the cost formulas).
 
     ## Version history
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import gymnasium as gym
@@ -431,3 +432,54 @@ def test_render_ansi_shows_task_action_and_servers():
     assert "task:" in text and "last action: 1 (edge 1)" in text
     assert "cloud" in text and "edge 2" in text and "edge 3" not in text
     assert GMORLOffloadEnv().render() is None
+
+
+# --- optional cost features ----------------------------------------------------------------------
+
+
+def test_cost_features_pass_the_gymnasium_checker_and_keep_the_paper_rows():
+    env = GMORLOffloadEnv(cost_features=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=".*reward returned by `step\\(\\)` must be a float"
+        )
+        check_env(env, skip_render_check=True)
+    plain = GMORLOffloadEnv()
+    assert env.observation_space.shape == (plain.observation_space.shape[0] + 2, 11)
+    # the same episode with the same actions: the paper's rows are unchanged
+    for (o1, r1, _), (o2, r2, _) in zip(rollout(env, 5, 150), rollout(plain, 5, 150), strict=True):
+        np.testing.assert_array_equal(o1[:-2], o2)
+        np.testing.assert_array_equal(r1, r2)
+
+
+@pytest.mark.parametrize("ranges", ["train", "test"])
+def test_cost_features_are_minus_the_reward_each_action_would_get(ranges):
+    env = GMORLOffloadEnv(cost_features=True, ranges=ranges)
+    rng = np.random.default_rng(1)
+    obs, info = env.reset(seed=7)
+    charged = 0
+    for _ in range(250):
+        rows = obs[-2:]
+        mask = info["action_mask"]
+        assert (rows[:, ~mask] == 0).all()
+        assert env.observation_space.contains(obs)
+        for a in np.flatnonzero(mask):
+            probe = copy.deepcopy(env)
+            _, reward, *_ = probe.step(int(a))
+            np.testing.assert_allclose(rows[:, a], -reward, rtol=1e-5, atol=1e-9)
+            charged += bool(reward[0] < 0)
+        obs, _, _, truncated, info = env.step(random_valid(rng, mask))
+        if truncated:
+            obs, info = env.reset()
+    assert charged > 100  # tasks were waiting, not only empty steps
+
+
+def test_vector_env_cost_features_match_the_single_env():
+    vec = GMORLVectorEnv(3, cost_features=True, num_edges=4)
+    obs, _ = vec.reset(seed=[11, 11, 11])
+    single = GMORLOffloadEnv(cost_features=True, num_edges=4)
+    o1, _ = single.reset(seed=11)
+    for i in range(3):
+        np.testing.assert_array_equal(obs[i], o1)
+    with pytest.raises(ValueError, match="cost_features must be a bool, got 'yes'"):
+        GMORLVectorEnv(2, cost_features="yes")
