@@ -21,7 +21,9 @@ scenario) into ``--out``.
 Generalisation: ``--eval-scenarios`` evaluates every method on held-out variants too (presets
 or YAML files for ``--env llm-offload``; ``key=value[,key=value]`` settings of the GMORL env,
 e.g. ``ranges=test`` or ``cloud_ghz=5,edge_ghz=2.5``); ``--reference-runs`` names runs trained
-on those variants, and the report gives each method's hypervolume gap to them.
+on those variants, and the report gives each method's hypervolume gap to them (to the best of
+them when several were trained on one variant). A GMORL run trained with
+``--gmorl-cost-features`` is evaluated with those observation rows, the others without.
 
 Validation: ``--validate RUN_OR_BASELINE`` executes the policy's decisions on the real PyTorch
 backend (:mod:`devices`) and reports predicted against measured latency per decision.
@@ -141,7 +143,7 @@ def build_parser():
         nargs="+",
         default=(),
         metavar="RUN",
-        help="runs trained on the held-out variants: the report gives each method's gap to them",
+        help="runs trained on the held-out variants: the report gives each method's gap to them (to the best of them when several match a variant)",
     )
     ap.add_argument(
         "--per-preference-runs",
@@ -242,7 +244,9 @@ class EnvSpec:
     gmorl: dict[str, Any] = field(default_factory=dict)
     label: str = ""
 
-    def make(self, algo: str | None, num_envs: int):
+    def make(self, algo: str | None, num_envs: int, run: Run | None = None):
+        """A vector env of this spec for ``algo``; for a GMORL ``run`` trained with cost
+        features, with those observation rows."""
         import gymnasium as gym
 
         import mec_env  # noqa: F401
@@ -250,7 +254,13 @@ class EnvSpec:
         env_id = ENV_IDS[(self.family, algo)]
         if self.family == "llm-offload":
             return gym.make_vec(env_id, num_envs=num_envs, scenario=self.scenario, parallel=False)
-        return gym.make_vec(env_id, num_envs=num_envs, **self.gmorl)
+        extra = {"cost_features": True} if env_features(run) else {}
+        return gym.make_vec(env_id, num_envs=num_envs, **self.gmorl, **extra)
+
+
+def env_features(run: Run | None) -> bool:
+    """Whether ``run`` (a GMORL run) was trained with ``--gmorl-cost-features``."""
+    return bool(run is not None and run.options.get("gmorl_cost_features"))
 
 
 def parse_gmorl_variant(text: str) -> dict[str, Any]:
@@ -371,7 +381,7 @@ def evaluate_on(
         if fixed:
             points = []
             for run in fixed:
-                env = spec.make(run.algo, 1)
+                env = spec.make(run.algo, 1, run)
                 try:
                     w = np.asarray([run.options["fixed_preference"]], np.float32)
                     points.append(
@@ -382,17 +392,17 @@ def evaluate_on(
                     env.close()
             fronts[f"per-preference policies ({len(fixed)})"] = np.array(points)
         for run in runs:
-            algo = run.algo
-            if algo not in envs:
-                envs[algo] = spec.make(algo, len(prefs))
-            policy = make_policy(run, spec, envs[algo])
+            key = (run.algo, env_features(run))
+            if key not in envs:
+                envs[key] = spec.make(run.algo, len(prefs), run)
+            policy = make_policy(run, spec, envs[key])
             fronts[run.label] = run_method(
-                envs[algo], policy, prefs, args.episodes, args.seed, progress, run.label
+                envs[key], policy, prefs, args.episodes, args.seed, progress, run.label
             )
         if baselines:
-            if "dsac" not in envs:  # baselines act in the discrete env
-                envs["dsac"] = spec.make("dsac", len(prefs))
-            env = envs["dsac"]
+            if ("dsac", False) not in envs:  # baselines act in the discrete env
+                envs[("dsac", False)] = spec.make("dsac", len(prefs))
+            env = envs[("dsac", False)]
             for name in baselines:
                 b = make_baseline(name, env, seed=args.seed)
                 fronts[name] = run_method(
@@ -616,12 +626,16 @@ def main(argv: list[str] | None = None) -> int:
             rows, ref_raw = metrics_table(
                 {**fronts, **extra}, s, reference, oracle_front, reference_set
             )
-            for label in extra:
-                hv_ref = rows[label]["hypervolume"]
+            if extra:  # several runs trained on this variant: the gap is to the best of them
+                best = max(extra, key=lambda label: rows[label]["hypervolume"])
+                hv_ref = rows[best]["hypervolume"]
                 for name in fronts:
                     rows[name]["gap_to_trained_on_variant"] = (
                         float((hv_ref - rows[name]["hypervolume"]) / hv_ref) if hv_ref > 0 else None
                     )
+                print(f"gap reference (best run trained on this variant): {best}")
+                md.append(f"Gap reference (the best run trained on this variant): {best}")
+                md.append("")
             base = "random" if "random" in rows else None
             title = s.label + (" (held out)" if k else "")
             md += print_table(title, rows, base) + [""]

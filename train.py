@@ -149,6 +149,11 @@ def build_parser():
         help="--env gmorl: fixed edge CPU frequency (default: randomised over the ranges)",
     )
     ap.add_argument(
+        "--gmorl-cost-features",
+        action="store_true",
+        help="--env gmorl: add two observation rows, the delay and energy each server would be charged for the current task now (-reward of that action; not in the paper)",
+    )
+    ap.add_argument(
         "--device", default="cpu", help="torch device for the networks (default: %(default)s)"
     )
     ap.add_argument(
@@ -187,6 +192,8 @@ def resolve_options(args) -> dict[str, Any]:
         )
     if args.gmorl_edges is not None and not 1 <= args.gmorl_edges <= 10:
         fail(f"--gmorl-edges must be in 1..10, got {args.gmorl_edges}")
+    if args.gmorl_cost_features and args.env != "gmorl":
+        fail("--gmorl-cost-features needs --env gmorl")
     if args.domain_randomisation:
         if args.env != "llm-offload":
             fail(
@@ -248,6 +255,8 @@ def make_vec_env(opts: dict[str, Any], num_envs: int, for_eval: bool = False):
             if opts.get(f"gmorl_{key}") is not None:
                 kwargs[key] = opts[f"gmorl_{key}"]
         kwargs["ranges"] = opts.get("gmorl_ranges", "train")
+        if opts.get("gmorl_cost_features"):
+            kwargs["cost_features"] = True
     return gym.make_vec(env_id, num_envs=num_envs, **kwargs)
 
 

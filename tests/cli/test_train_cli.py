@@ -114,6 +114,7 @@ def test_ctrl_c_writes_a_checkpoint(tmp_path):
         (["--env", "gmorl", "--algo", "ddpg"], "continuous"),
         (["--resume", "/no/such/run"], "--resume"),
         (["--gmorl-edges", "99", "--env", "gmorl"], "--gmorl-edges"),
+        (["--gmorl-cost-features"], "--gmorl-cost-features needs --env gmorl"),
         (["--timesteps", "ten"], "--timesteps"),
         (["--preferences", "1,-1"], "--preferences"),
         (["--preferences", "lots"], "--preferences"),
