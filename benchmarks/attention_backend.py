@@ -1,7 +1,7 @@
 """Decode attention on the real backend: in-storage worker vs host baseline, in one run.
 
 Prints, for one sequence of ``--context-tokens`` tokens (``--layers`` layers, ``--kv-heads`` KV
-heads, ``--q-heads`` query heads, fp16):
+heads, ``--q-heads`` query heads, fp16 or ``--dtype float32``):
 
 (a) this machine's memory-read bandwidth (torch sum over a large fp32 tensor, best of n: on one
     thread, and on two threads at once, as many as the worker's scan uses: a reader thread
@@ -12,7 +12,10 @@ heads, ``--q-heads`` query heads, fp16):
     crc32 checked, the worker's verified-page watermarks dropped before each repetition) and
     the *steady-state* scan of a decode step (``verify_checksums=True``, pages already verified:
     headers checked, no crc32) are printed separately, with ``verify_checksums=False`` for
-    reference; the target (>= 50% of the memory bandwidth) compares the steady-state rate;
+    reference; the target (>= 50% of the memory bandwidth) compares the steady-state rate.
+    Beside it, the two ceilings of a scan that computes on one thread and reads on another:
+    the attention kernel alone on KV already in memory, and the page reads alone (no
+    attention);
 (b) with links paced to InstInfer's 11.2 GB/s internal vs 7 GB/s external scaled down to this
     machine (internal = 0.5 x the measured scan rate, external = internal * 7 / 11.2), the
     measured decode-step speedup of the in-storage path (scan over the internal link; q, k, v, o
@@ -50,7 +53,7 @@ from devices.attention import grouped_partial_attention  # noqa: E402
 from devices.host import HostAttention  # noqa: E402
 from devices.kvstore import KVStore  # noqa: E402
 from devices.links import Link  # noqa: E402
-from devices.worker import InStorageWorker  # noqa: E402
+from devices.worker import InStorageWorker, PageReader, chunk_pages_for, plan_tasks  # noqa: E402
 from mec_env.cost_model import (  # noqa: E402
     GB,
     cpu_attention_time_s,
@@ -90,15 +93,17 @@ def memory_read_gbps(nbytes: int, reps: int, threads: int = 1) -> float:
     return threads * nbytes / best_time(run_all, reps) / GB
 
 
-def kernel_gbps(nbytes: int, reps: int, head_dim: int, group: int, chunk_tokens: int) -> float:
+def kernel_gbps(
+    nbytes: int, reps: int, head_dim: int, group: int, chunk_tokens: int, dtype: torch.dtype
+) -> float:
     """The attention kernel alone (``grouped_partial_attention``, fp16, one thread) over
     ``nbytes`` of K and V already in memory (DRAM-resident, no copy, no file), in chunks of
     ``chunk_tokens`` as the worker computes them: the rate no scan on one compute thread can
     beat."""
     n = max(chunk_tokens, nbytes // (4 * head_dim) // chunk_tokens * chunk_tokens)
-    k = torch.randn(n, head_dim).half()
-    v = torch.randn(n, head_dim).half()
-    q = torch.randn(1, group, head_dim).half()
+    k = torch.randn(n, head_dim).to(dtype)
+    v = torch.randn(n, head_dim).to(dtype)
+    q = torch.randn(1, group, head_dim).to(dtype)
 
     def run_all() -> None:
         for a in range(0, n, chunk_tokens):
@@ -106,7 +111,30 @@ def kernel_gbps(nbytes: int, reps: int, head_dim: int, group: int, chunk_tokens:
                 q, k[None, a : a + chunk_tokens], v[None, a : a + chunk_tokens]
             )
 
-    return 4 * n * head_dim / best_time(run_all, reps) / GB
+    return 2 * n * head_dim * k.element_size() / best_time(run_all, reps) / GB
+
+
+def reader_gbps(root, L, Hkv, D, dtype, chunk_pages: int, reps: int) -> float:
+    """The worker's page reads alone (:class:`devices.worker.PageReader` with checksums on,
+    pages verified once, the same chunks as the worker's unpaced scan), no attention: the rate
+    no scan whose reads run on one thread can beat."""
+    with KVStore(root, L, Hkv, D, dtype) as store:
+        reader = PageReader(store)
+        units = [reader.units(0, layer, h) for layer in range(L) for h in range(Hkv)]
+        tasks = plan_tasks(units, chunk_pages)
+        nbytes = 0
+
+        def read_all() -> None:
+            nonlocal nbytes
+            nbytes = 0
+            for task, _ in tasks:
+                chunk = reader.read_units(task)
+                nbytes += chunk.nbytes
+                chunk.release()
+
+        t = best_time(read_all, reps)
+        reader.close()
+    return nbytes / t / GB
 
 
 def matmul_flops(n: int, reps: int) -> float:
@@ -115,13 +143,13 @@ def matmul_flops(n: int, reps: int) -> float:
     return 2 * n**3 / best_time(lambda: a @ b, reps)
 
 
-def build_store(root, L, Hkv, D, N, seed, batch=2048) -> None:
+def build_store(root, L, Hkv, D, N, seed, dtype, batch=2048) -> None:
     g = torch.Generator().manual_seed(seed)
-    with KVStore(root, L, Hkv, D, torch.float16) as store:
+    with KVStore(root, L, Hkv, D, dtype) as store:
         for i in range(0, N, batch):
             t = min(batch, N - i)
-            k = torch.randn(t, L, Hkv, D, generator=g).half()
-            v = torch.randn(t, L, Hkv, D, generator=g).half()
+            k = torch.randn(t, L, Hkv, D, generator=g).to(dtype)
+            v = torch.randn(t, L, Hkv, D, generator=g).to(dtype)
             store.append(0, k, v)
         store.sync()
 
@@ -133,7 +161,8 @@ def dir_bytes(root) -> int:
 def run(args) -> int:
     torch.set_num_threads(1)
     L, Hkv, Hq, D, N = args.layers, args.kv_heads, args.q_heads, args.head_dim, args.context_tokens
-    elem = 2
+    dtype = getattr(torch, args.dtype)
+    elem = torch.empty(0, dtype=dtype).element_size()
     reps = args.repeats
     tmp = tempfile.mkdtemp(prefix="attn-bench-", dir=args.tmpdir)
     rows: list[tuple[str, str]] = []
@@ -145,7 +174,7 @@ def run(args) -> int:
     try:
         print(
             f"attention backend benchmark: context {N} tokens, {L} layers, {Hq} q heads, "
-            f"{Hkv} kv heads, head dim {D}, fp16, page budget {args.page_budget}",
+            f"{Hkv} kv heads, head dim {D}, {args.dtype}, page budget {args.page_budget}",
             flush=True,
         )
         membw = memory_read_gbps(args.membw_mb << 20, reps + 2)
@@ -157,14 +186,14 @@ def run(args) -> int:
         flops_step = 4.0 * N * Hq * D * L
 
         t0 = time.perf_counter()
-        build_store(os.path.join(tmp, "w"), L, Hkv, D, N, seed=1)
+        build_store(os.path.join(tmp, "w"), L, Hkv, D, N, seed=1, dtype=dtype)
         shutil.copytree(os.path.join(tmp, "w"), os.path.join(tmp, "h"))
         build_s = time.perf_counter() - t0
 
         g = torch.Generator().manual_seed(2)
-        q = torch.randn(L, Hq, D, generator=g).half()
+        q = torch.randn(L, Hq, D, generator=g).to(dtype)
         with InStorageWorker(
-            os.path.join(tmp, "w"), L, Hkv, D, page_budget=args.page_budget
+            os.path.join(tmp, "w"), L, Hkv, D, dtype=dtype, page_budget=args.page_budget
         ) as worker:
             # (a) scan rate, unpaced, warm page cache
             first = []
@@ -179,10 +208,11 @@ def run(args) -> int:
             worker.configure(verify_checksums=False)
             scan_nocrc = kv_bytes / best_time(lambda: worker.attend_layers(0, q), reps) / GB
             worker.configure(verify_checksums=True)
-            hstore = KVStore(os.path.join(tmp, "h"), L, Hkv, D, torch.float16)
+            hstore = KVStore(os.path.join(tmp, "h"), L, Hkv, D, dtype)
             host_free = HostAttention(hstore, Link("host-unpaced"), device="cpu")
-            chunk_tokens = 16 * max(1, args.page_budget // 2)  # the worker's unpaced chunk
-            kern = kernel_gbps(args.membw_mb << 20, reps, D, Hq // Hkv, chunk_tokens)
+            chunk_pages = chunk_pages_for(args.page_budget, paced=False)  # the unpaced scan's
+            kern = kernel_gbps(args.membw_mb << 20, reps, D, Hq // Hkv, 16 * chunk_pages, dtype)
+            reads = reader_gbps(os.path.join(tmp, "h"), L, Hkv, D, dtype, chunk_pages, reps)
             host_rate = kv_bytes / best_time(lambda: host_free.attend(0, q), reps) / GB
             host_free.close()
 
@@ -211,6 +241,11 @@ def run(args) -> int:
                 f"{kern:8.2f} GB/s",
             )
             row("kernel alone / memory bandwidth", f"{kern / membw:8.1%}")
+            row(
+                "page reads alone, no attention (1 thread; the other ceiling)",
+                f"{reads:8.2f} GB/s",
+            )
+            row("page reads alone / memory bandwidth", f"{reads / membw:8.1%}")
             row("host attention rate (unpaced link, verified reads)", f"{host_rate:8.2f} GB/s")
 
             # (b) paced links, InstInfer's ratio scaled to this machine
@@ -221,8 +256,8 @@ def run(args) -> int:
             host = HostAttention(hstore, Link("host-link", external), device="cpu")
             steps = [
                 (
-                    torch.randn(L, Hkv, D, generator=g).half(),
-                    torch.randn(L, Hkv, D, generator=g).half(),
+                    torch.randn(L, Hkv, D, generator=g).to(dtype),
+                    torch.randn(L, Hkv, D, generator=g).to(dtype),
                 )
                 for _ in range(args.steps + 1)
             ]
@@ -327,6 +362,7 @@ def main(argv=None) -> int:
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--page-budget", type=int, default=1024, help="worker pages resident, (a)-(b)")
     p.add_argument("--small-budget", type=int, default=48, help="worker page budget for (c)")
+    p.add_argument("--dtype", choices=("float16", "float32"), default="float16")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--steps", type=int, default=5, help="paced decode steps per path")
     p.add_argument("--membw-mb", type=int, default=1024)
