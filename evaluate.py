@@ -254,11 +254,11 @@ class EnvSpec:
         env_id = ENV_IDS[(self.family, algo)]
         if self.family == "llm-offload":
             return gym.make_vec(env_id, num_envs=num_envs, scenario=self.scenario, parallel=False)
-        extra = {"cost_features": True} if env_features(run) else {}
+        extra = {"cost_features": True} if has_cost_features(run) else {}
         return gym.make_vec(env_id, num_envs=num_envs, **self.gmorl, **extra)
 
 
-def env_features(run: Run | None) -> bool:
+def has_cost_features(run: Run | None) -> bool:
     """Whether ``run`` (a GMORL run) was trained with ``--gmorl-cost-features``."""
     return bool(run is not None and run.options.get("gmorl_cost_features"))
 
@@ -392,7 +392,7 @@ def evaluate_on(
                     env.close()
             fronts[f"per-preference policies ({len(fixed)})"] = np.array(points)
         for run in runs:
-            key = (run.algo, env_features(run))
+            key = (run.algo, has_cost_features(run))
             if key not in envs:
                 envs[key] = spec.make(run.algo, len(prefs), run)
             policy = make_policy(run, spec, envs[key])

@@ -96,11 +96,12 @@ def memory_read_gbps(nbytes: int, reps: int, threads: int = 1) -> float:
 def kernel_gbps(
     nbytes: int, reps: int, head_dim: int, group: int, chunk_tokens: int, dtype: torch.dtype
 ) -> float:
-    """The attention kernel alone (``grouped_partial_attention``, fp16, one thread) over
+    """The attention kernel alone (``grouped_partial_attention``, ``dtype``, one thread) over
     ``nbytes`` of K and V already in memory (DRAM-resident, no copy, no file), in chunks of
     ``chunk_tokens`` as the worker computes them: the rate no scan on one compute thread can
     beat."""
-    n = max(chunk_tokens, nbytes // (4 * head_dim) // chunk_tokens * chunk_tokens)
+    elem = torch.empty(0, dtype=dtype).element_size()
+    n = max(chunk_tokens, nbytes // (2 * elem * head_dim) // chunk_tokens * chunk_tokens)
     k = torch.randn(n, head_dim).to(dtype)
     v = torch.randn(n, head_dim).to(dtype)
     q = torch.randn(1, group, head_dim).to(dtype)
@@ -111,16 +112,20 @@ def kernel_gbps(
                 q, k[None, a : a + chunk_tokens], v[None, a : a + chunk_tokens]
             )
 
-    return 2 * n * head_dim * k.element_size() / best_time(run_all, reps) / GB
+    return 2 * n * head_dim * elem / best_time(run_all, reps) / GB
 
 
-def reader_gbps(root, L, Hkv, D, dtype, chunk_pages: int, reps: int) -> float:
+def reader_gbps(store: KVStore, chunk_pages: int, reps: int) -> float:
     """The worker's page reads alone (:class:`devices.worker.PageReader` with checksums on,
-    pages verified once, the same chunks as the worker's unpaced scan), no attention: the rate
-    no scan whose reads run on one thread can beat."""
-    with KVStore(root, L, Hkv, D, dtype) as store:
-        reader = PageReader(store)
-        units = [reader.units(0, layer, h) for layer in range(L) for h in range(Hkv)]
+    pages verified once, the same chunks as the worker's unpaced scan) of sequence 0 of
+    ``store``, no attention: the rate no scan whose reads run on one thread can beat."""
+    reader = PageReader(store)
+    try:
+        units = [
+            reader.units(0, layer, h)
+            for layer in range(store.num_layers)
+            for h in range(store.num_kv_heads)
+        ]
         tasks = plan_tasks(units, chunk_pages)
         nbytes = 0
 
@@ -132,9 +137,10 @@ def reader_gbps(root, L, Hkv, D, dtype, chunk_pages: int, reps: int) -> float:
                 nbytes += chunk.nbytes
                 chunk.release()
 
-        t = best_time(read_all, reps)
+        t = best_time(read_all, reps)  # sets nbytes
+        return nbytes / t / GB
+    finally:
         reader.close()
-    return nbytes / t / GB
 
 
 def matmul_flops(n: int, reps: int) -> float:
@@ -212,7 +218,7 @@ def run(args) -> int:
             host_free = HostAttention(hstore, Link("host-unpaced"), device="cpu")
             chunk_pages = chunk_pages_for(args.page_budget, paced=False)  # the unpaced scan's
             kern = kernel_gbps(args.membw_mb << 20, reps, D, Hq // Hkv, 16 * chunk_pages, dtype)
-            reads = reader_gbps(os.path.join(tmp, "h"), L, Hkv, D, dtype, chunk_pages, reps)
+            reads = reader_gbps(hstore, chunk_pages, reps)
             host_rate = kv_bytes / best_time(lambda: host_free.attend(0, q), reps) / GB
             host_free.close()
 
