@@ -4,31 +4,37 @@ Prints, for one sequence of ``--context-tokens`` tokens (``--layers`` layers, ``
 heads, ``--q-heads`` query heads, fp16 or ``--dtype float32``):
 
 (a) this machine's memory-read bandwidth (torch sum over a large fp32 tensor, best of n: on one
-    thread, and on two threads at once, as many as the worker's scan uses: a reader thread
-    copies pages out of the page cache while the compute thread attends to the previous
-    chunk) and the in-storage worker's KV scan rate (KV bytes attended per second, unpaced internal
-    link, warm page cache), and their ratio to the memory bandwidth. Full pages are immutable,
-    so the worker checks a page's crc32 only on its first read: the *first scan* (every page's
-    crc32 checked, the worker's verified-page watermarks dropped before each repetition) and
-    the *steady-state* scan of a decode step (``verify_checksums=True``, pages already verified:
+    thread, and on two threads at once, as many as the worker's scan uses) and the in-storage
+    worker's KV scan rate (KV bytes attended per second, unpaced internal link, warm page
+    cache), and their ratio to the memory bandwidth. Full pages are immutable, so the worker
+    checks a page's crc32 only on its first read: the *first scan* (every page's crc32 checked,
+    the worker's verified-page watermarks dropped before each repetition) and the
+    *steady-state* scan of a decode step (``verify_checksums=True``, pages already verified:
     headers checked, no crc32) are printed separately, with ``verify_checksums=False`` for
     reference; the target (>= 50% of the memory bandwidth) compares the steady-state rate.
-    Beside it, the two ceilings of a scan that computes on one thread and reads on another:
-    the attention kernel alone on KV already in memory, and the page reads alone (no
-    attention);
+    With the native kernel (``--kernel``, default: native when it compiles here) the steady
+    state runs on ``--scan-threads`` (2) threads that each read small pieces of pages into a
+    cache-sized buffer and attend to them (:class:`devices.worker.ScanPool`); beside it, the
+    same scan on one such thread, through the reader / compute pipeline (one thread reads, one
+    computes: the path of the first scan and of a paced link), and with PyTorch's kernel (the
+    pages gathered into K and V tensors), all in the same run; then the pieces alone: each
+    attention kernel on KV already in memory, the torch path's scatter reads, and a plain
+    ``pread`` of the files in the scan's piece size;
 (b) with links paced to InstInfer's 11.2 GB/s internal vs 7 GB/s external scaled down to this
-    machine (internal = 0.5 x the measured scan rate, external = internal * 7 / 11.2), the
-    measured decode-step speedup of the in-storage path (scan over the internal link; q, k, v, o
-    over the external link) over the host path (the KV pages cross the external link, then the
-    host computes), next to the speedup the simulator predicts for the same profile with
-    ``mec_env.cost_model`` (target: within 15%), and the bytes each path moved per step;
+    machine (internal = 0.5 x the unpaced rate of the reader / compute pipeline, the path a
+    paced link runs, external = internal * 7 / 11.2), the measured decode-step speedup of the
+    in-storage path (scan over the internal link; q, k, v, o over the external link) over the
+    host path (the KV pages cross the external link, then the host computes), next to the
+    speedup the simulator predicts for the same profile with ``mec_env.cost_model`` (target:
+    within 15%), and the bytes each path moved per step;
 (c) the worker's peak RSS with a small page budget while the KV on disk is many times larger.
 
-    python benchmarks/attention_backend.py [--context-tokens 32768] [--layers 4] [--quick]
+    python benchmarks/attention_backend.py [--dtype float32] [--kernel torch] [--quick]
 
 Machines are shared: every figure is the best (rates) or the median (paced steps) of a few
-repetitions. The worker computes on one thread and reads on another; the target compares the scan
-with the one-thread bandwidth, and the ratio to the two-thread bandwidth is printed beside it.
+repetitions. The scan runs on two threads (two scan threads, or a reader and a compute thread);
+the target compares it with the one-thread bandwidth, as this script has since it was written,
+and the ratio to the two-thread bandwidth is printed beside it.
 """
 
 from __future__ import annotations
@@ -43,17 +49,25 @@ import tempfile
 import threading
 import time
 
+import numpy as np
 import torch
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from devices import native  # noqa: E402
 from devices.attention import grouped_partial_attention  # noqa: E402
 from devices.host import HostAttention  # noqa: E402
 from devices.kvstore import KVStore  # noqa: E402
 from devices.links import Link  # noqa: E402
-from devices.worker import InStorageWorker, PageReader, chunk_pages_for, plan_tasks  # noqa: E402
+from devices.worker import (  # noqa: E402
+    InStorageWorker,
+    PageReader,
+    ScanPool,
+    chunk_pages_for,
+    plan_tasks,
+)
 from mec_env.cost_model import (  # noqa: E402
     GB,
     cpu_attention_time_s,
@@ -113,6 +127,57 @@ def kernel_gbps(
             )
 
     return 2 * n * head_dim * elem / best_time(run_all, reps) / GB
+
+
+def native_kernel_gbps(
+    nbytes: int, reps: int, head_dim: int, group: int, dtype: torch.dtype
+) -> float:
+    """The native kernel alone (:func:`devices.native.segment_attention`, one thread) over
+    ``nbytes`` of K and V already in memory, in pages of 16 tokens, 512 pages per KV head,
+    every head in one call: what a scan thread could reach if its reads cost nothing."""
+    elem = torch.empty(0, dtype=dtype).element_size()
+    per_head = 16 * 512
+    F = max(1, nbytes // (2 * elem * head_dim * per_head))
+    k = torch.randn(F, per_head, head_dim).to(dtype)
+    v = torch.randn(F, per_head, head_dim).to(dtype)
+    q = torch.randn(F, group, head_dim)
+    pages = np.arange(F * 512, dtype=np.uint64) * (16 * head_dim * elem)
+    segs = (
+        np.arange(F + 1, dtype=np.int64) * 512,
+        k.data_ptr() + pages,
+        v.data_ptr() + pages,
+        np.full(F * 512, 16, dtype=np.int32),
+    )
+    return (
+        k.numel()
+        * 2
+        * elem
+        / best_time(lambda: native.segment_attention(q, *segs, dtype), reps)
+        / GB
+    )
+
+
+def pread_gbps(root, piece_bytes: int, reps: int) -> float:
+    """Plain ``pread`` of every KV file under ``root`` (page cache warm) in pieces of
+    ``piece_bytes`` into one reused buffer (one thread): the copy each scan-pool thread
+    makes, without the header checks and the attention."""
+    files = sorted(pathlib.Path(root).rglob("*.kv"))
+    fds = [os.open(f, os.O_RDONLY) for f in files]
+    buf = bytearray(piece_bytes)
+    mv = memoryview(buf)
+    total = sum(os.fstat(fd).st_size for fd in fds)
+    try:
+
+        def read_all() -> None:
+            for fd in fds:
+                off = 0
+                while (n := os.preadv(fd, [mv], off)) > 0:
+                    off += n
+
+        return total / best_time(read_all, reps) / GB
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def reader_gbps(store: KVStore, chunk_pages: int, reps: int) -> float:
@@ -199,8 +264,16 @@ def run(args) -> int:
         g = torch.Generator().manual_seed(2)
         q = torch.randn(L, Hq, D, generator=g).to(dtype)
         with InStorageWorker(
-            os.path.join(tmp, "w"), L, Hkv, D, dtype=dtype, page_budget=args.page_budget
+            os.path.join(tmp, "w"),
+            L,
+            Hkv,
+            D,
+            dtype=dtype,
+            page_budget=args.page_budget,
+            kernel=args.kernel,
+            scan_threads=args.scan_threads,
         ) as worker:
+            kernel = worker.stats()["kernel"]
             # (a) scan rate, unpaced, warm page cache
             first = []
             for _ in range(reps):  # every page's crc32 checked again: a fresh worker's scan
@@ -209,20 +282,44 @@ def run(args) -> int:
                 worker.attend_layers(0, q)
                 first.append(time.perf_counter() - t0)
             scan_first = kv_bytes / min(first) / GB
+
+            def steady() -> float:
+                worker.attend_layers(0, q)  # every page verified (decode steps)
+                return kv_bytes / best_time(lambda: worker.attend_layers(0, q), reps) / GB
+
             # steady state: verify_checksums=True, every page verified already (decode steps)
-            scan_steady = kv_bytes / best_time(lambda: worker.attend_layers(0, q), reps) / GB
+            scan_steady = steady()
             worker.configure(verify_checksums=False)
-            scan_nocrc = kv_bytes / best_time(lambda: worker.attend_layers(0, q), reps) / GB
+            scan_nocrc = steady()
             worker.configure(verify_checksums=True)
+            scan_one = scan_torch = None
+            scan_pipe = scan_steady  # the reader / compute pipeline's rate (the paced path)
+            if kernel == "native":
+                worker.configure(scan_threads=1)
+                scan_one = steady()
+                worker.configure(scan_threads=0)
+                scan_pipe = steady()
+                worker.configure(kernel="torch")
+                scan_torch = steady()
+                worker.configure(kernel=args.kernel, scan_threads=args.scan_threads)
             hstore = KVStore(os.path.join(tmp, "h"), L, Hkv, D, dtype)
             host_free = HostAttention(hstore, Link("host-unpaced"), device="cpu")
             chunk_pages = chunk_pages_for(args.page_budget, paced=False)  # the unpaced scan's
             kern = kernel_gbps(args.membw_mb << 20, reps, D, Hq // Hkv, 16 * chunk_pages, dtype)
+            kern_native = (
+                native_kernel_gbps(args.membw_mb << 20, reps, D, Hq // Hkv, dtype)
+                if native.available()
+                else None
+            )
             reads = reader_gbps(hstore, chunk_pages, reps)
+            piece = ScanPool.for_budget(
+                args.scan_threads, args.page_budget, hstore.slot_bytes
+            ).piece_pages
+            preads = pread_gbps(os.path.join(tmp, "h"), piece * hstore.slot_bytes, reps)
             host_rate = kv_bytes / best_time(lambda: host_free.attend(0, q), reps) / GB
             host_free.close()
 
-            print("(a) memory bandwidth and scan rate", flush=True)
+            print(f"(a) memory bandwidth and scan rate (worker kernel: {kernel})", flush=True)
             row("memory read bandwidth (torch sum, 1 thread)", f"{membw:8.2f} GB/s")
             row("memory read bandwidth (torch sum, 2 threads at once)", f"{membw2:8.2f} GB/s")
             row("fp32 matmul (1 thread)", f"{flops / 1e9:8.1f} GFLOP/s")
@@ -242,20 +339,44 @@ def run(args) -> int:
             )
             row("scan / memory bandwidth, first scan", f"{scan_first / membw:8.1%}")
             row("scan / memory bandwidth, verify_checksums=False", f"{scan_nocrc / membw:8.1%}")
+            if scan_one is not None:
+                row(
+                    "steady-state scan on one scan thread (scan_threads=1)", f"{scan_one:8.2f} GB/s"
+                )
+                row("one scan thread / memory bandwidth", f"{scan_one / membw:8.1%}")
+                row(
+                    "steady-state scan, reader / compute pipeline (scan_threads=0)",
+                    f"{scan_pipe:8.2f} GB/s",
+                )
+                row(
+                    "steady-state scan, torch kernel (reader + compute thread)",
+                    f"{scan_torch:8.2f} GB/s",
+                )
+                row(
+                    "native scan / torch-kernel scan (same run)",
+                    f"{scan_steady / scan_torch:8.2f} x",
+                )
+            row("torch attention kernel alone, KV in memory (1 thread)", f"{kern:8.2f} GB/s")
+            row("torch kernel alone / memory bandwidth", f"{kern / membw:8.1%}")
+            if kern_native is not None:
+                row(
+                    "native attention kernel alone, KV in memory (1 thread)",
+                    f"{kern_native:8.2f} GB/s",
+                )
+                row("native kernel alone / memory bandwidth", f"{kern_native / membw:8.1%}")
+            row("torch path's page reads alone (scatter preadv, 1 thread)", f"{reads:8.2f} GB/s")
+            row("torch path's page reads alone / memory bandwidth", f"{reads / membw:8.1%}")
             row(
-                "attention kernel alone, KV in memory (1 thread; the ceiling)",
-                f"{kern:8.2f} GB/s",
+                f"plain pread in {piece}-page pieces alone (1 thread)",
+                f"{preads:8.2f} GB/s",
             )
-            row("kernel alone / memory bandwidth", f"{kern / membw:8.1%}")
-            row(
-                "page reads alone, no attention (1 thread; the other ceiling)",
-                f"{reads:8.2f} GB/s",
-            )
-            row("page reads alone / memory bandwidth", f"{reads / membw:8.1%}")
+            row("plain pread alone / memory bandwidth", f"{preads / membw:8.1%}")
             row("host attention rate (unpaced link, verified reads)", f"{host_rate:8.2f} GB/s")
 
             # (b) paced links, InstInfer's ratio scaled to this machine
-            internal = 0.5 * scan_steady
+            # paced, the worker streams through its reader / link / compute pipeline: the link
+            # is set to half of that pipeline's unpaced rate, so the link is what limits it
+            internal = 0.5 * scan_pipe
             external = internal * INSTINFER_EXTERNAL_GBPS / INSTINFER_INTERNAL_GBPS
             worker.configure(internal_gbps=internal)
             worker.external = Link("external", external)
@@ -369,6 +490,13 @@ def main(argv=None) -> int:
     p.add_argument("--page-budget", type=int, default=1024, help="worker pages resident, (a)-(b)")
     p.add_argument("--small-budget", type=int, default=48, help="worker page budget for (c)")
     p.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    p.add_argument(
+        "--kernel",
+        choices=("auto", "native", "torch"),
+        default="auto",
+        help="the worker's attention kernel (auto: native when it compiles here)",
+    )
+    p.add_argument("--scan-threads", type=int, default=2, help="the native scan's threads")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--steps", type=int, default=5, help="paced decode steps per path")
     p.add_argument("--membw-mb", type=int, default=1024)

@@ -81,6 +81,7 @@ from multiprocessing.connection import Connection
 import numpy as np
 import torch
 
+from devices import native as _native
 from devices.attention import (
     grouped_partial_attention,
     page_key_summary,
@@ -338,10 +339,11 @@ class _Chunk:
     or None when the data went into a layout the caller owns), holding the buffer until
     :meth:`release`."""
 
-    __slots__ = ("k", "v", "nbytes", "npages", "_layout")
+    __slots__ = ("k", "v", "nbytes", "npages", "segs", "_layout")
 
-    def __init__(self, k, v, nbytes, npages, layout=None):
+    def __init__(self, k, v, nbytes, npages, layout=None, segs=None):
         self.k, self.v, self.nbytes, self.npages, self._layout = k, v, nbytes, npages, layout
+        self.segs = segs  # (seg_start, k_ptr, v_ptr, rows) of a slot read, else None
 
     @property
     def pieces(self) -> list:
@@ -351,10 +353,51 @@ class _Chunk:
         return [(self.k[f], self.v[f]) for f in range(self.k.shape[0])]
 
     def release(self) -> None:
-        self.k = self.v = None
+        self.k = self.v = self.segs = None
         if self._layout is not None:
             self._layout.release()
         self._layout = None
+
+
+class _SlotLayout:
+    """A read buffer laid out as the files are, for ``F`` units of ``m`` full pages and ``t``
+    tail tokens each: slot ``i * m + x`` holds unit ``i``'s ``x``-th full page (64-byte header,
+    K, V), then, when ``t > 0``, slot ``F * m + i`` unit ``i``'s tail page. A run of consecutive
+    pages is one plain ``pread`` (no scatter), and the KV is used where it lies: ``segs`` are
+    the segments of every unit for :func:`devices.native.segment_attention` (``seg_start``,
+    K and V addresses, rows: ``P`` per full page, ``t`` for the tail), built once per buffer
+    and shape and cached on the (pooled) buffer."""
+
+    __slots__ = ("F", "m", "t", "buf", "np", "segs", "_pool")
+
+    def __init__(self, reader: PageReader, F: int, m: int, t: int):
+        self.F, self.m, self.t = F, m, t
+        per = m + (1 if t else 0)
+        size = F * per * reader.slot
+        self._pool = reader.pool
+        self.buf = buf = reader.pool.get(size)
+        cache = getattr(buf, "_slot_views", None)
+        if cache is None:
+            cache = buf._slot_views = {}
+        views = cache.get((F, m, t))
+        if views is None:
+            idx = np.empty((F, per), dtype=np.uint64)
+            idx[:, :m] = np.arange(F, dtype=np.uint64)[:, None] * m + np.arange(m, dtype=np.uint64)
+            if t:
+                idx[:, m] = F * m + np.arange(F, dtype=np.uint64)
+            k_ptr = (buf.data_ptr() + reader.hdr + idx * reader.slot).ravel()
+            rows = np.tile(np.array([reader.pt] * m + ([t] if t else []), dtype=np.int32), F)
+            segs = (np.arange(F + 1, dtype=np.int64) * per, k_ptr, k_ptr + reader.kv_bytes, rows)
+            if len(cache) >= 8:
+                cache.clear()
+            views = cache[(F, m, t)] = (buf.numpy(), segs)
+        self.np, self.segs = views
+
+    def release(self) -> None:
+        self.np = self.segs = None
+        if self.buf is not None:
+            self._pool.put(self.buf)
+        self.buf = None
 
 
 class PageReader:
@@ -397,6 +440,8 @@ class PageReader:
         self.pool = _BufferPool(pool_buffers)
         self._fds: OrderedDict = OrderedDict()
         self._max_open = max_open
+        self._fd_lock = threading.Lock()
+        self._pins: dict[tuple[int, int, int], int] = {}
         self.slot = store.slot_bytes
         self.hdr = kvs.HEADER_BYTES
         self.pt = store.page_tokens
@@ -420,21 +465,63 @@ class PageReader:
         self.pages_verified = 0
 
     def _fd(self, seq_id: int, layer: int, head: int) -> int:
+        """The open file of (sequence, layer, head), from a cache of at most ``max_open``
+        (least recently used closed first, never one pinned by :meth:`pin_fds`)."""
         key = (seq_id, layer, head)
-        fd = self._fds.get(key)
-        if fd is None:
-            fd = os.open(self.store.path_of(seq_id, layer, head), os.O_RDONLY)
-            self._fds[key] = fd
-            if len(self._fds) > self._max_open:
-                os.close(self._fds.popitem(last=False)[1])
-        else:
-            self._fds.move_to_end(key)
-        return fd
+        with self._fd_lock:
+            fd = self._fds.get(key)
+            if fd is None:
+                fd = os.open(self.store.path_of(seq_id, layer, head), os.O_RDONLY)
+                self._fds[key] = fd
+                self._trim()
+            else:
+                self._fds.move_to_end(key)
+            return fd
+
+    def _trim(self) -> None:
+        """Close the least recently used unpinned files beyond ``max_open`` (lock held)."""
+        excess = len(self._fds) - self._max_open
+        if excess > 0:
+            for old in [k for k in self._fds if not self._pins.get(k)][:excess]:
+                os.close(self._fds.pop(old))
+
+    def pin_fds(self, units: Sequence[_Unit]) -> list[int]:
+        """The files of ``units``, kept open until :meth:`unpin_fds` (for reads on other
+        threads)."""
+        fds = []
+        for u in units:
+            key = (u.seq_id, u.layer, u.head)
+            with self._fd_lock:
+                self._pins[key] = self._pins.get(key, 0) + 1
+            fds.append(self._fd(*key))
+        return fds
+
+    def unpin_fds(self, units: Sequence[_Unit]) -> None:
+        with self._fd_lock:
+            for u in units:
+                key = (u.seq_id, u.layer, u.head)
+                n = self._pins.get(key, 0) - 1
+                if n > 0:
+                    self._pins[key] = n
+                else:
+                    self._pins.pop(key, None)
+            self._trim()
+
+    def is_verified(self, units: Sequence[_Unit]) -> bool:
+        """Whether every full page of ``units`` has been verified (crc32) by this reader."""
+        for u in units:
+            if len(u.pages):
+                wm = self.verified.get((u.seq_id, u.layer, u.head), 0)
+                if (u.pages.stop if isinstance(u.pages, range) else u.pages[-1] + 1) > wm:
+                    return False
+        return True
 
     def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        with self._fd_lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+            self._pins.clear()
         self.pool.clear()
 
     def forget_verified(self) -> None:
@@ -483,6 +570,49 @@ class PageReader:
             lay.release()
             raise
         return _Chunk(lay.k, lay.v, nbytes, len(units) * u0.npages, lay)
+
+    def read_slots(self, units: Sequence[_Unit]) -> _Chunk:
+        """Read units of the same shape into one buffer laid out as the files are
+        (:class:`_SlotLayout`: one plain ``pread`` per run of consecutive pages, the tail
+        slots copied after them), headers checked and pages verified as :meth:`read_units`
+        does: a chunk with ``segs`` (and no ``k``, ``v``) for
+        :func:`devices.native.segment_attention`."""
+        u0 = units[0]
+        F, m, t = len(units), len(u0.pages), u0.t
+        lay = _SlotLayout(self, F, m, t)
+        slot = self.slot
+        try:
+            mv = memoryview(lay.np)
+            TS = self._kvs.TAIL_SLOTS
+            for i, u in enumerate(units):
+                if m:
+                    fd = self._fd(u.seq_id, u.layer, u.head)
+                    for a, b, first in self._runs(u.pages, 1 << 20):
+                        o = (i * m + a) * slot
+                        got = os.preadv(fd, [mv[o : o + (b - a) * slot]], (TS + first) * slot)
+                        if got != (b - a) * slot:
+                            raise self._kvs.TornPageError(
+                                f"{self.store.path_of(u.seq_id, u.layer, u.head)}: file ends "
+                                f"inside pages {first}..{first + b - a - 1}"
+                            )
+                if t:
+                    o = (F * m + i) * slot
+                    lay.np[o : o + slot] = self._tail_slot(u, t)[:slot]
+            if m:
+                w = lay.np[: F * m * slot].view("<u8").reshape(F, m, slot // 8)[:, :, :8]
+                self._check_headers(units, m, w)
+                if self.verify:
+
+                    def crc_of(i: int, x: int) -> int:
+                        o = (i * m + x) * slot
+                        return zlib.crc32(mv[o + 48 : o + slot], zlib.crc32(mv[o : o + 44]))
+
+                    self._verify(units, w, crc_of)
+        except BaseException:
+            lay.release()
+            raise
+        nbytes = 2 * F * (m * self.kv_bytes + t * self.D * self.elem)
+        return _Chunk(None, None, nbytes, F * u0.npages, lay, lay.segs)
 
     def read_into(self, lay: _Layout, f0: int, units: Sequence[_Unit]) -> int:
         """Read ``units`` (each with ``lay.m`` full pages and ``lay.t`` tail tokens) into rows
@@ -576,17 +706,32 @@ class PageReader:
         # headers, vectorized over the read: words 0-3 and the token count of word 5
         hdr = lay.np[lay.hdr_off + f0 * m * hb : lay.hdr_off + (f0 + F) * m * hb]
         w = hdr.view("<u8").reshape(F, m, 8)
-        ok = np.array_equal(w[:, :, :6] & self._hdr_mask, self._expected_headers(units, m))
-        if not ok:
-            bad = (w[:, :, :6] & self._hdr_mask) != self._expected_headers(units, m)
+        self._check_headers(units, m, w)
+        if self.verify:
+            mv = memoryview(lay.np)
+            rb = self.D * self.elem
+            kb = self.kv_bytes
+
+            def crc_of(i: int, x: int) -> int:
+                h = lay.hdr_off + ((f0 + i) * m + x) * hb
+                c = zlib.crc32(mv[h + 48 : h + hb], zlib.crc32(mv[h : h + 44]))
+                ko = ((f0 + i) * lay.rows + x * self.pt) * rb
+                c = zlib.crc32(mv[lay.k_off + ko : lay.k_off + ko + kb], c)
+                return zlib.crc32(mv[lay.v_off + ko : lay.v_off + ko + kb], c)
+
+            self._verify(units, w, crc_of)
+
+    def _check_headers(self, units: Sequence[_Unit], m: int, w: np.ndarray) -> None:
+        """Check the header words ``w [F, m, 8]`` (uint64) of the full pages just read."""
+        exp = self._expected_headers(units, m)
+        if not np.array_equal(w[:, :, :6] & self._hdr_mask, exp):
+            bad = (w[:, :, :6] & self._hdr_mask) != exp
             i, xx = np.unravel_index(int(np.argmax(bad.any(axis=2))), bad.shape[:2])
             u = units[i]
             raise self._kvs.TornPageError(
                 f"{self.store.path_of(u.seq_id, u.layer, u.head)}: page {u.pages[xx]} is torn: "
                 "bad header"
             )
-        if self.verify:
-            self._verify(lay, f0, units, w)
 
     def _expected_headers(self, units: Sequence[_Unit], m: int) -> np.ndarray:
         """Header words 0-5 ``[F, m, 6]`` the pages of ``units`` must hold (seqno and crc
@@ -619,17 +764,15 @@ class PageReader:
                 self._hdr_cache_bytes += exp.nbytes
         return exp
 
-    def _verify(self, lay: _Layout, f0: int, units: Sequence[_Unit], w: np.ndarray) -> None:
-        """crc32 of every page not verified before (the store's crc: header bytes [0, 44) and
-        [48, 64), then K, then V); advance the files' watermarks."""
-        crc32 = zlib.crc32
-        m, hb, kb = lay.m, self.hdr, self.kv_bytes
-        rb = self.D * self.elem
-        mv = memoryview(lay.np)
+    def _verify(self, units: Sequence[_Unit], w: np.ndarray, crc_of) -> None:
+        """crc32 of every page not verified before (``crc_of(i, x)``: the store's crc of unit
+        ``i``'s ``x``-th page as read: header bytes [0, 44) and [48, 64), then K, then V),
+        against the header words ``w``; advance the files' watermarks."""
         for i, u in enumerate(units):
             key = (u.seq_id, u.layer, u.head)
             wm = self.verified.get(key, 0)
             pages = u.pages
+            m = len(pages)
             if isinstance(pages, range) and pages.step == 1:
                 todo = range(max(0, wm - pages.start), m)
                 new_wm = max(wm, pages.stop) if pages.start <= wm else wm
@@ -644,13 +787,8 @@ class PageReader:
             if not len(todo):
                 continue
             want = (w[i, :, 5] >> np.uint64(32)).tolist()
-            f = f0 + i
             for x in todo:
-                h = lay.hdr_off + (f * m + x) * hb
-                c = crc32(mv[h + 48 : h + hb], crc32(mv[h : h + 44]))
-                ko = (f * lay.rows + x * self.pt) * rb
-                c = crc32(mv[lay.k_off + ko : lay.k_off + ko + kb], c)
-                if crc32(mv[lay.v_off + ko : lay.v_off + ko + kb], c) != want[x]:
+                if crc_of(i, x) != want[x]:
                     raise self._kvs.TornPageError(
                         f"{self.store.path_of(*key)}: page {pages[x]} is torn: checksum mismatch"
                     )
@@ -837,6 +975,80 @@ class PagePipeline:
                     self._release(item[1])
 
 
+class ScanPool:
+    """Threads that each read *and* attend whole tasks (the native steady-state scan,
+    :func:`devices.native.scan_files`), so both cores copy pages out of the page cache and
+    compute, instead of one reading while the other computes. Each thread owns one read
+    buffer of ``piece_pages`` pages, small enough to stay in its core's cache; so at most
+    ``threads * piece_pages`` pages are resident. :meth:`map` yields the results in task
+    order."""
+
+    PIECE_BYTES = 256 << 10  # a read piece: stays in a core's L2
+
+    def __init__(self, threads: int, piece_pages: int, slot_bytes: int):
+        self.threads = threads
+        self.piece_pages = piece_pages
+        self.slot_bytes = slot_bytes
+        self._q_in: queue.SimpleQueue = queue.SimpleQueue()
+        self._q_out: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+
+    @classmethod
+    def for_budget(cls, threads: int, page_budget: int, slot_bytes: int) -> ScanPool:
+        threads = max(1, min(threads, page_budget))
+        piece = max(1, min(page_budget // threads, cls.PIECE_BYTES // slot_bytes))
+        return cls(threads, piece, slot_bytes)
+
+    @property
+    def resident_pages(self) -> int:
+        return self.threads * self.piece_pages
+
+    def _loop(self) -> None:
+        buf = torch.empty(self.piece_pages * self.slot_bytes, dtype=torch.uint8)
+        while True:
+            item = self._q_in.get()
+            if item is None:
+                return
+            i, fn, arg = item
+            try:
+                r = fn(arg, buf)
+            except BaseException as e:  # handed to the consumer, which raises it
+                r = e
+            self._q_out.put((i, r))
+
+    def map(self, fn, items):
+        """Yield ``fn(item, buffer)`` for ``items`` in order (run on the pool's threads)."""
+        if not self._threads:
+            for _ in range(self.threads):
+                t = threading.Thread(target=self._loop, daemon=True)
+                t.start()
+                self._threads.append(t)
+        for i, item in enumerate(items):
+            self._q_in.put((i, fn, item))
+        done: dict = {}
+        nxt = 0
+        try:
+            while nxt < len(items):
+                while nxt not in done:
+                    i, r = self._q_out.get()
+                    done[i] = r
+                r = done.pop(nxt)
+                nxt += 1
+                if isinstance(r, BaseException):
+                    raise r
+                yield r
+        finally:
+            for _ in range(len(items) - nxt - len(done)):  # drain what is still running
+                self._q_out.get()
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._q_in.put(None)
+        for t in self._threads:
+            t.join(5.0)
+        self._threads = []
+
+
 def chunk_pages_for(page_budget: int, paced: bool = True) -> int:
     """Pages per read so that three chunks (reading, in flight, computing) fit the budget, or
     two (reading, computing) when the link is unpaced (nothing is ever in flight on it)."""
@@ -855,7 +1067,10 @@ _CONFIGURABLE = (
     "keep_fraction",
     "verify_checksums",
     "block_tokens",
+    "kernel",
+    "scan_threads",
 )
+KERNELS = ("auto", "native", "torch")
 
 
 @dataclass
@@ -875,6 +1090,33 @@ class WorkerConfig:
     sync_appends: bool = False
     verify_checksums: bool = True
     block_tokens: int = 1024
+    kernel: str = "auto"
+    scan_threads: int = 2
+
+
+def _resolve_kernel(kernel: str, dtype: torch.dtype, head_dim: int) -> str:
+    """The attention kernel a worker computes with: ``"native"`` (:mod:`devices.native`, on
+    pages where the reads put them) or ``"torch"`` (pages gathered into K and V tensors, then
+    :func:`devices.attention.grouped_partial_attention`). ``"auto"`` takes native when it
+    compiled here and takes the store's dtype and head size; ``"native"`` raises when not."""
+    from devices import native
+
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel == "torch":
+        return "torch"
+    why = None
+    if dtype not in native.DTYPES:
+        why = f"dtype {dtype} not supported"
+    elif head_dim > native.MAX_HEAD_DIM:
+        why = f"head_dim {head_dim} > {native.MAX_HEAD_DIM}"
+    elif not native.available():
+        why = native.unavailable_reason()
+    if why is None:
+        return "native"
+    if kernel == "native":
+        raise RuntimeError(f"kernel='native' unavailable: {why}")
+    return "torch"
 
 
 class _WorkerServer:
@@ -898,7 +1140,16 @@ class _WorkerServer:
         self.reader = PageReader(self.store, verify=cfg.verify_checksums)
         self.pipeline = PagePipeline(self.internal, cfg.page_budget)
         self.summaries: dict[tuple[int, int, int], tuple[int, torch.Tensor, torch.Tensor]] = {}
+        self.kernel = _resolve_kernel(cfg.kernel, self.store.dtype, cfg.head_dim)
+        self.scan_pool = self._scan_pool()
         self._reset_counters()
+
+    def _scan_pool(self) -> ScanPool | None:
+        if self.kernel != "native" or self.cfg.scan_threads < 1:
+            return None
+        return ScanPool.for_budget(
+            self.cfg.scan_threads, self.cfg.page_budget, self.store.slot_bytes
+        )
 
     def _reset_counters(self) -> None:
         self.pipeline.peak_pages = 0
@@ -933,6 +1184,69 @@ class _WorkerServer:
         self.pages_read += chunk.npages
         return chunk
 
+    def _read_slots_task(self, task) -> _Chunk:
+        chunk = self.reader.read_slots(task)
+        self.pages_read += chunk.npages
+        return chunk
+
+    def _scan_task(self, job, buf: torch.Tensor):
+        """One task of the steady-state native scan, on a :class:`ScanPool` thread: read the
+        task's (verified) full pages in pieces into ``buf`` and attend to them as they come
+        (:func:`devices.native.scan_files`), then the tails read beforehand."""
+        task, q, scale, tails = job
+        reader = self.reader
+        fds = reader.pin_fds(task)
+        try:
+            run_start, run_first, run_pages = [0], [], []
+            for u in task:
+                for a, b, first in reader._runs(u.pages, 1 << 30):
+                    run_first.append(first)
+                    run_pages.append(b - a)
+                run_start.append(len(run_first))
+            try:
+                return _native.scan_files(
+                    q,
+                    np.asarray(fds),
+                    np.asarray(run_start),
+                    np.asarray(run_first),
+                    np.asarray(run_pages),
+                    slot_bytes=reader.slot,
+                    page_tokens=reader.pt,
+                    header_word0=reader._word0,
+                    seq=np.array([u.seq_id for u in task], dtype=np.uint64),
+                    layerhead=np.array([u.layer | (u.head << 32) for u in task], dtype=np.uint64),
+                    tails=tails,
+                    buf=buf,
+                    dtype=self.store.dtype,
+                    scale=scale,
+                )
+            except _native.ScanError as e:
+                u = task[e.unit]
+                path = self.store.path_of(u.seq_id, u.layer, u.head)
+                if e.code == -6:
+                    raise OSError(e.errno, os.strerror(e.errno), str(path)) from None
+                what = "file ends inside it" if e.code == -3 else "bad header"
+                from devices.kvstore import TornPageError
+
+                raise TornPageError(f"{path}: page {e.page} is torn: {what}") from None
+        finally:
+            reader.unpin_fds(task)
+
+    def _tails(self, task):
+        """The tail pages of ``task``'s units, read (and verified) through the store here,
+        for :meth:`_scan_task`: ``(k addresses, v addresses, rows)`` and the slots holding
+        them (keep alive)."""
+        k_ptr = np.zeros(len(task), dtype=np.uint64)
+        rows = np.zeros(len(task), dtype=np.int32)
+        slots = []
+        for i, u in enumerate(task):
+            if u.t:
+                slot = np.ascontiguousarray(self.reader._tail_slot(u, u.t))
+                slots.append(slot)
+                k_ptr[i] = slot.ctypes.data + self.reader.hdr
+                rows[i] = u.t
+        return (k_ptr, k_ptr + np.uint64(self.reader.kv_bytes) * (rows > 0), rows), slots
+
     def _summary(self, seq_id: int, layer: int, head: int, n_tokens: int):
         """Per-page min/max keys of one (layer, head), kept in memory, extended lazily (the
         pages read for it cross the internal link too)."""
@@ -957,6 +1271,26 @@ class _WorkerServer:
             kmax = torch.cat([kmax[:p0], *new_max])
         self.summaries[key] = (n_tokens, kmin, kmax)
         return kmin, kmax
+
+    def _scan_fast(self, tasks, by_index) -> None:
+        """Run verified ``tasks`` on the scan pool; fold their results into ``by_index``."""
+        jobs, keep = [], []
+        for task, _ in tasks:
+            u = task[0]
+            Q, scale, _ = by_index[u.block]
+            tails, slots = self._tails(task)
+            keep.append(slots)
+            jobs.append((task, Q[u.uid : u.uid + len(task)], scale, tails))
+        pool = self.scan_pool
+        self.pipeline.peak_pages = max(
+            self.pipeline.peak_pages, min(pool.resident_pages, sum(n for _, n in tasks))
+        )
+        page, row = self.reader.kv_bytes, self.reader.D * self.reader.elem
+        for (task, n), (out, lse) in zip(tasks, pool.map(self._scan_task, jobs), strict=True):
+            u = task[0]
+            by_index[u.block][2].add(u.uid, out, lse, u.whole)
+            self.pages_read += n
+            self.internal.transfer(2 * sum(len(x.pages) * page + x.t * row for x in task))
 
     def attend_many(self, reqs):
         """Streamed attention of each ``(seq_id, layer, q [Hq, D])`` over what the store holds:
@@ -1006,13 +1340,34 @@ class _WorkerServer:
             Q = torch.stack(qs).reshape(len(qs) * Hkv, G, D)
             by_index[index] = (Q, scale, PartialResults(len(qs) * Hkv, G, D))
         bt = self.cfg.block_tokens
+        native = self.kernel == "native" and all(
+            Q.shape[1] <= _native.MAX_GROUP for Q, _, _ in by_index.values()
+        )
+        if native and self.scan_pool is not None and self.pipeline.direct:
+            # steady state: units whose pages are all verified are read and attended on the
+            # scan pool's threads (tasks as large as balance allows: the pool's memory is its
+            # read pieces, whatever the task size); the others go through the pipeline below
+            # (crc32 checked on their first read)
+            ok = [not self.reader.verify or self.reader.is_verified((u,)) for u in units]
+            fast = [u for u, f in zip(units, ok, strict=True) if f]
+            units = [u for u, f in zip(units, ok, strict=True) if not f]
+            if fast:
+                total = sum(u.npages for u in fast)
+                per = max(
+                    self.pipeline.chunk_pages() or 1, -(-total // (4 * self.scan_pool.threads))
+                )
+                self._scan_fast(plan_tasks(fast, per), by_index)
         tasks = plan_tasks(units, self.pipeline.chunk_pages())
-        for task, chunk in self.pipeline.run(tasks, self._read_task):
+        read = self._read_slots_task if native else self._read_task
+        dtype = self.store.dtype
+        for task, chunk in self.pipeline.run(tasks, read):
             u = task[0]
             Q, scale, res = by_index[u.block]
-            out, lse = grouped_partial_attention(
-                Q[u.uid : u.uid + len(task)], chunk.k, chunk.v, scale, bt
-            )
+            q = Q[u.uid : u.uid + len(task)]
+            if native:
+                out, lse = _native.segment_attention(q, *chunk.segs, dtype, scale)
+            else:
+                out, lse = grouped_partial_attention(q, chunk.k, chunk.v, scale, bt)
             res.add(u.uid, out, lse, u.whole)
         for _, _, res in by_index.values():
             res.finish()
@@ -1095,9 +1450,13 @@ class _WorkerServer:
                 pass
             return self.stats()
         if op == "configure":
-            for key, value in args.items():
+            for key in args:
                 if key not in _CONFIGURABLE:
                     raise ValueError(f"cannot configure {key!r}")
+            kernel = _resolve_kernel(
+                args.get("kernel", self.cfg.kernel), self.store.dtype, self.cfg.head_dim
+            )
+            for key, value in args.items():
                 setattr(self.cfg, key, value)
             self.internal = self._Link(
                 "internal", self.cfg.internal_gbps, self.cfg.internal_latency_s
@@ -1105,6 +1464,10 @@ class _WorkerServer:
             self.pipeline.close()
             self.pipeline = PagePipeline(self.internal, self.cfg.page_budget)
             self.reader.verify = self.cfg.verify_checksums
+            self.kernel = kernel
+            if self.scan_pool is not None:
+                self.scan_pool.close()
+            self.scan_pool = self._scan_pool()
             return asdict(self.cfg)
         if op == "drop_page_cache":  # advise the kernel to drop this store's cached file pages
             self.reader.forget_verified()  # pages re-fetched from the device: verify again
@@ -1153,10 +1516,13 @@ class _WorkerServer:
             "rss_bytes": proc.get("VmRSS", 0),
             "peak_rss_bytes": proc.get("VmHWM", 0),
             "num_threads": torch.get_num_threads(),
+            "kernel": self.kernel,
         }
 
     def close(self) -> None:
         self.pipeline.close()
+        if self.scan_pool is not None:
+            self.scan_pool.close()
         self.reader.close()
         try:
             self.store.sync()
@@ -1255,7 +1621,14 @@ class InStorageWorker:
     used (once per page: full pages are immutable; module doc) and the tail page's on every
     read (headers are always checked). ``num_threads``: torch threads in the worker (1 by
     default; the page reader runs in one more thread, and a paced internal link in another,
-    mostly waiting, one). Use as a context manager, or call :meth:`start` / :meth:`stop`.
+    mostly waiting, one). ``kernel``: ``"native"`` computes on the pages where its plain reads
+    put them (:mod:`devices.native`), ``"torch"`` gathers them into K and V tensors for
+    PyTorch's kernel, ``"auto"`` (default) takes native when it compiles here
+    (``stats()["kernel"]`` says which runs). ``scan_threads``: with the native kernel and an
+    unpaced internal link, pages already verified are read and attended by this many threads,
+    each reading small pieces into its own cache-sized buffer and attending to them (a
+    :class:`ScanPool`; 0: the reader / compute pipeline throughout). Use as a context manager,
+    or call :meth:`start` / :meth:`stop`.
     """
 
     def __init__(
@@ -1279,6 +1652,8 @@ class InStorageWorker:
         sync_appends: bool = False,
         verify_checksums: bool = True,
         block_tokens: int = 1024,
+        kernel: str = "auto",
+        scan_threads: int = 2,
         timeout_s: float = 300.0,
         start_timeout_s: float = 120.0,
         autostart: bool = True,
@@ -1289,6 +1664,8 @@ class InStorageWorker:
             raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
         if page_budget < 1:
             raise ValueError(f"page_budget must be >= 1, got {page_budget}")
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
         self.config = WorkerConfig(
             root=str(root),
             num_layers=num_layers,
@@ -1305,6 +1682,8 @@ class InStorageWorker:
             sync_appends=sync_appends,
             verify_checksums=verify_checksums,
             block_tokens=block_tokens,
+            kernel=kernel,
+            scan_threads=scan_threads,
         )
         self.dtype = dtype
         self.external = (
@@ -1522,11 +1901,14 @@ class InStorageWorker:
         return self._call("reset_stats")
 
     def configure(self, **kwargs) -> dict:
-        """Change ``internal_gbps``, ``internal_latency_s``, ``page_budget`` or
-        ``keep_fraction`` of the running worker (kept across restarts)."""
+        """Change any of :data:`_CONFIGURABLE` (``internal_gbps``, ``internal_latency_s``,
+        ``page_budget``, ``keep_fraction``, ``verify_checksums``, ``block_tokens``, ``kernel``)
+        of the running worker (kept across restarts)."""
         for key in kwargs:
             if key not in _CONFIGURABLE:
                 raise ValueError(f"cannot configure {key!r}; one of {_CONFIGURABLE}")
+        if "kernel" in kwargs and kwargs["kernel"] not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kwargs['kernel']!r}")
         for key, value in kwargs.items():
             setattr(self.config, key, value)
         return self._call("configure", kwargs)

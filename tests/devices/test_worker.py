@@ -440,3 +440,31 @@ def test_benchmark_quick_smoke():
         "targets:",
     ):
         assert needle in out, out
+
+
+def test_without_a_c_compiler_the_worker_uses_the_torch_kernel(tmp_path):
+    """devices.native compiles on first use; with no compiler it says why, ``kernel="auto"``
+    falls back to PyTorch's kernel and ``kernel="native"`` is refused with the reason."""
+    code = f"""
+import torch
+from devices import native
+from devices.worker import _resolve_kernel
+assert not native.available()
+print("reason:", native.unavailable_reason())
+assert _resolve_kernel("auto", torch.float16, 64) == "torch"
+try:
+    _resolve_kernel("native", torch.float16, 64)
+except RuntimeError as e:
+    print("refused:", e)
+"""
+    env = {
+        **os.environ,
+        "CC": str(tmp_path / "no-such-cc"),
+        "MEC_NATIVE_CACHE": str(tmp_path / "cache"),
+    }
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    assert "reason: no C compiler" in r.stdout and "no-such-cc" in r.stdout
+    assert "refused: kernel='native' unavailable: no C compiler" in r.stdout
