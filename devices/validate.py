@@ -31,7 +31,10 @@
    ``work_coef`` + ``serial_coef`` per output token and per context token) against the median
    measured step, the bytes over the KV link predicted (:func:`mec_env.cost_model.
    kv_link_bytes_per_step`) and counted, and expert hits predicted (the steady-state hit rate
-   x accesses) and counted; then the median and p90 relative latency error.
+   x accesses) and counted; then the median and p90 relative latency error. The machine is
+   shared and its speed drifts: the calibration's reference step (:class:`ReferenceStep`) is
+   timed again just before and just after each decision, and the prediction scaled by how much slower (or
+   faster) it runs then than at the calibration; the unscaled error is reported beside it.
 
 What is *not* executed: the radio (uplink/downlink) and queueing between requests, which the
 simulator computes analytically from the scenario; vision (CNN) requests (see
@@ -117,28 +120,33 @@ class ValidationHardware:
         )
 
 
-def calibrate(reps: int = 7) -> tuple[float, float]:
-    """The two roofline rates of a decode step on this machine: (weight-read GB/s, attention
-    FLOP/s), fitted to the decode step the backend executes (a Llama-shaped validation model,
-    KV in memory) timed at two contexts: t(c) = weight bytes / rate + c x (attention FLOPs per
-    context token) / FLOP rate. Medians of ``reps`` steps after a warm-up. The validation then
-    checks the other models, contexts, tiers, links, splits and expert policies."""
-    m = scaled_model(MODEL_PRESETS["llama-3-8b"])
-    W = DecoderWeights(m, seed=0)
-    g = torch.Generator().manual_seed(0)
-    lo, hi = 256, 2048
-    kv = {
-        c: [
-            (torch.randn(m.num_kv_heads, c, m.head_dim, generator=g),
-             torch.randn(m.num_kv_heads, c, m.head_dim, generator=g))
-            for _ in range(m.num_layers)
-        ]
-        for c in (lo, hi)
-    }  # fmt: skip
+class ReferenceStep:
+    """The decode step the backend executes (a Llama-shaped validation model, KV in memory),
+    for the calibration (:meth:`fit`) and, beside every decision, for this machine's speed at
+    that moment relative to the calibration's (:meth:`drift`): the machine is shared, and a
+    slow or fast spell between the calibration and a decision would otherwise show up as
+    model error."""
 
-    def step(context: int) -> None:
-        x = torch.randn(m.hidden_size, generator=g)
-        for lw, (k, v) in zip(W.layers, kv[context], strict=True):
+    LO, HI = 256, 2048  # the two contexts of the fit
+
+    def __init__(self) -> None:
+        self.m = m = scaled_model(MODEL_PRESETS["llama-3-8b"])
+        self.W = DecoderWeights(m, seed=0)
+        self.g = g = torch.Generator().manual_seed(0)
+        self.kv = {
+            c: [
+                (torch.randn(m.num_kv_heads, c, m.head_dim, generator=g),
+                 torch.randn(m.num_kv_heads, c, m.head_dim, generator=g))
+                for _ in range(m.num_layers)
+            ]
+            for c in (self.LO, self.HI)
+        }  # fmt: skip
+        self.t_lo: float | None = None
+
+    def step(self, context: int) -> None:
+        m = self.m
+        x = torch.randn(m.hidden_size, generator=self.g)
+        for lw, (k, v) in zip(self.W.layers, self.kv[context], strict=True):
             q = torch.mv(lw["q"], x).view(m.num_heads, m.head_dim)
             torch.mv(lw["k"], x)
             torch.mv(lw["v"], x)
@@ -148,21 +156,44 @@ def calibrate(reps: int = 7) -> tuple[float, float]:
                 lw["w2"], torch.nn.functional.gelu(torch.mv(lw["w1"], x), approximate="tanh")
             )
 
-    def median_s(context: int) -> float:
-        step(context)
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            step(context)
-            times.append(time.perf_counter() - t0)
-        return float(np.median(times))
+    def timed(self, context: int) -> float:
+        t0 = time.perf_counter()
+        self.step(context)
+        return time.perf_counter() - t0
 
-    t_lo, t_hi = median_s(lo), median_s(hi)
-    per_context_s = max(t_hi - t_lo, 1e-9) / (hi - lo)
-    weight_bytes = sum(t.numel() for lw in W.layers for t in lw.values()) * FP32
-    weights_s = max(t_lo - lo * per_context_s, 1e-9)
-    flops_per_context = 4.0 * m.num_heads * m.head_dim * m.num_layers  # cost_model's formula
-    return weight_bytes / weights_s / GB, flops_per_context / per_context_s
+    def fit(self, reps: int = 15) -> tuple[float, float]:
+        """(weight-read GB/s, attention FLOP/s) of t(c) = weight bytes / rate + c x (attention
+        FLOPs per context token) / FLOP rate, from ``reps`` pairs of steps at the two contexts
+        after a warm-up: the median step at the short context, and the median paired
+        difference for the slope (the contexts interleaved in alternating order, so a slow
+        spell hits both of a pair alike)."""
+        lo, hi = self.LO, self.HI
+        self.step(lo)
+        self.step(hi)
+        t_los, diffs = [], []
+        for r in range(reps):
+            if r % 2:
+                b = self.timed(hi)
+                a = self.timed(lo)
+            else:
+                a = self.timed(lo)
+                b = self.timed(hi)
+            t_los.append(a)
+            diffs.append(b - a)
+        self.t_lo = t_lo = float(np.median(t_los))
+        per_context_s = max(float(np.median(diffs)), 1e-9) / (hi - lo)
+        m = self.m
+        weight_bytes = sum(t.numel() for lw in self.W.layers for t in lw.values()) * FP32
+        weights_s = max(t_lo - lo * per_context_s, 1e-9)
+        flops_per_context = 4.0 * m.num_heads * m.head_dim * m.num_layers  # cost_model's
+        return weight_bytes / weights_s / GB, flops_per_context / per_context_s
+
+    def drift(self, reps: int = 5) -> float:
+        """This machine's step time now over the calibration's (median of ``reps``; > 1: slower
+        now). Call :meth:`fit` first."""
+        if self.t_lo is None:
+            raise RuntimeError("ReferenceStep.drift needs fit() first")
+        return float(np.median([self.timed(self.LO) for _ in range(reps)])) / self.t_lo
 
 
 # ---------------------------------------------------------------------------------------------
@@ -629,10 +660,20 @@ def expert_capacity(scenario, target: int, m, policy: int) -> int:
 
 
 def run_validation(
-    env, policy_fn, hw: ValidationHardware, decisions: int, steps: int, seed: int, progress=None
+    env,
+    policy_fn,
+    hw: ValidationHardware,
+    decisions: int,
+    steps: int,
+    seed: int,
+    progress=None,
+    reference: ReferenceStep | None = None,
 ) -> list[dict[str, Any]]:
     """Play ``env`` (a one-env ``LLMOffload-v0`` vector env on the validation scenario) with
-    ``policy_fn(obs, info)`` and execute each decision on the backend (module doc)."""
+    ``policy_fn(obs, info)`` and execute each decision on the backend (module doc). With a
+    fitted ``reference``, each prediction is also scaled by the machine's speed measured just
+    before and just after its decision (``speed_drift``; ``relative_error`` then compares with the scaled
+    prediction, ``relative_error_unscaled`` with the raw one)."""
     core = env.core
     scenario = core.scenario
     rows: list[dict[str, Any]] = []
@@ -663,8 +704,12 @@ def run_validation(
                     "dram_moves_kv": pred["kv_link_bytes"] > 0,
                 }
                 backend.decode_steps(plan, context, 1)  # warm-up: KV prepared, caches warm
+                before = reference.drift() if reference is not None else 1.0
                 meas = backend.decode_steps(plan, context, steps)
-                err = (meas["step_s"] - pred["step_s"]) / pred["step_s"]
+                # the machine's speed during the decision: the mean of just before and after
+                drift = 0.5 * (before + reference.drift()) if reference is not None else 1.0
+                raw = (meas["step_s"] - pred["step_s"]) / pred["step_s"]
+                err = (meas["step_s"] - pred["step_s"] * drift) / (pred["step_s"] * drift)
                 hits_pred = pred["hit_rate"] * meas["expert_accesses"]
                 rows.append(
                     {
@@ -678,7 +723,9 @@ def run_validation(
                         "context_tokens": context,
                         "predicted_step_s": pred["step_s"],
                         "measured_step_s": meas["step_s"],
+                        "speed_drift": drift,
                         "relative_error": err,
+                        "relative_error_unscaled": raw,
                         "predicted_kv_link_bytes": pred["kv_link_bytes"],
                         "measured_kv_link_bytes": meas["kv_link_bytes"],
                         "predicted_expert_hits": hits_pred if m.kind == "moe" and g > 0 else None,
@@ -705,6 +752,14 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "median_abs_relative_error": float(np.median(err)),
         "p90_abs_relative_error": float(np.percentile(err, 90)),
         "median_signed_relative_error": float(np.median([r["relative_error"] for r in rows])),
+        "speed_drift_min": float(min(r["speed_drift"] for r in rows)),
+        "speed_drift_max": float(max(r["speed_drift"] for r in rows)),
+        "median_abs_relative_error_unscaled": float(
+            np.median(np.abs([r["relative_error_unscaled"] for r in rows]))
+        ),
+        "p90_abs_relative_error_unscaled": float(
+            np.percentile(np.abs([r["relative_error_unscaled"] for r in rows]), 90)
+        ),
         "kv_link_bytes_predicted": float(sum(r["predicted_kv_link_bytes"] for r in rows)),
         "kv_link_bytes_measured": float(sum(r["measured_kv_link_bytes"] for r in rows)),
     }
@@ -762,7 +817,8 @@ def validate_main(args, runs, out: Path) -> int:
 
         print("measuring this machine (devices.profile) ...", flush=True)
         profile = measure(quick=False)
-    hw = ValidationHardware.from_profile(profile, *calibrate())
+    reference = ReferenceStep()
+    hw = ValidationHardware.from_profile(profile, *reference.fit())
     vscenario = validation_scenario(scenario, hw)
     import gymnasium as gym
 
@@ -809,6 +865,7 @@ def validate_main(args, runs, out: Path) -> int:
             steps=3,
             seed=args.seed,
             progress=progress,
+            reference=reference,
         )
     finally:
         probe.close()
@@ -830,6 +887,12 @@ def validate_main(args, runs, out: Path) -> int:
     print(
         f"validated {label} on {vscenario.name}: {summary['decisions']} decisions; latency relative error "
         f"median {100 * summary['median_abs_relative_error']:.1f} %, p90 {100 * summary['p90_abs_relative_error']:.1f} %"
+    )
+    print(
+        f"  (each prediction scaled by this machine's speed beside its decision, "
+        f"{summary['speed_drift_min']:.2f}-{summary['speed_drift_max']:.2f}x the calibration's "
+        f"step time; unscaled: median {100 * summary['median_abs_relative_error_unscaled']:.1f} %, "
+        f"p90 {100 * summary['p90_abs_relative_error_unscaled']:.1f} %)"
     )
     print(
         f"KV-link bytes: predicted {summary['kv_link_bytes_predicted']:.4g}, measured {summary['kv_link_bytes_measured']:.4g}"

@@ -16,10 +16,12 @@ import mec_env  # noqa: F401
 from devices.validate import (
     TIER_NAMES,
     VALIDATION_DIMS,
+    ReferenceStep,
     ValidationHardware,
     predicted_step,
     run_validation,
     scaled_model,
+    summarise,
     validation_scenario,
 )
 from mec_env import load_scenario
@@ -116,6 +118,43 @@ def test_executed_decisions_move_the_predicted_bytes_and_count_hits(tmp_path):
         if r["expert_accesses"]:
             assert 0 <= r["measured_expert_hits"] <= r["expert_accesses"]
     assert set(TIER_NAMES) >= tiers
+
+
+def test_predictions_are_scaled_by_the_machine_speed_beside_each_decision():
+    """With a reference, each prediction is scaled by the mean of the machine's speed just
+    before and just after its decision; the unscaled error is kept beside it."""
+
+    class Reference:  # slower by 2x before, 4x after: the decision ran at 3x
+        calls = 0
+
+        def drift(self):
+            self.calls += 1
+            return 2.0 if self.calls % 2 else 4.0
+
+    v = validation_scenario(load_scenario("tiny"), HW)
+    env = gym.make_vec("mec_env/LLMOffload-v0", num_envs=1, scenario=v, parallel=False)
+    ref = Reference()
+    rows = run_validation(
+        env, lambda obs, info: np.zeros((1, 4), int), HW, 3, 1, seed=0, reference=ref
+    )
+    env.close()
+    assert ref.calls == 2 * len(rows) == 6
+    for r in rows:
+        pred, meas = r["predicted_step_s"], r["measured_step_s"]
+        assert r["speed_drift"] == 3.0
+        assert r["relative_error"] == pytest.approx((meas - 3 * pred) / (3 * pred))
+        assert r["relative_error_unscaled"] == pytest.approx((meas - pred) / pred)
+    s = summarise(rows)
+    assert s["speed_drift_min"] == s["speed_drift_max"] == 3.0
+
+
+def test_reference_step_fits_positive_rates_and_measures_drift():
+    ref = ReferenceStep()
+    with pytest.raises(RuntimeError, match="fit"):
+        ref.drift()
+    gbps, flops = ref.fit(reps=3)
+    assert gbps > 0 and flops > 0
+    assert 0.1 < ref.drift(reps=3) < 10  # the same machine, moments later
 
 
 def test_validate_cli_writes_the_report(tmp_path):
