@@ -33,6 +33,17 @@ drive, the per-(layer, head) Python cost is gone, and at most ``page_budget`` pa
 whatever the size of the store on disk; the worker reports the peak number of pages it held and
 its peak RSS.
 
+Kernels (``kernel``): ``"native"`` (the default where :mod:`devices.native` compiles) reads
+each run of pages with one plain ``pread`` into a buffer laid out as the file is
+(:meth:`PageReader.read_slots`) and attends to the pages where they lie (no gather);
+``"torch"`` gathers them into K and V tensors for PyTorch's kernel. With the native kernel and
+an unpaced internal link, the steady state (every page of a unit verified before) leaves the
+pipeline: ``scan_threads`` threads (:class:`ScanPool`) each read a task's pages in pieces of
+~256 KB into a buffer that stays in their core's cache and attend to each piece before
+reading the next, all in C (:func:`devices.native.scan_files`, headers checked, no GIL), so
+both cores copy and compute instead of one reading while the other computes. First reads
+(crc32 checked in Python) and paced links keep the pipeline.
+
 Verification: every page header is checked on every read. Full pages (slot ``2 + p``) are
 written once and never rewritten while the store is open, so the reader checks a full page's
 crc32 only the first time it reads it and then keeps a per-file watermark "pages ``[0, w)``
