@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_worker import HKV, HQ, D, L, ref_layers  # the worker tests' shapes and reference
 
 from devices import native
 from devices.kvstore import KVStore, TornPageError
@@ -155,18 +156,6 @@ def test_scan_pool_keeps_order_and_raises_in_order():
     pool.close()
 
 
-L, HKV, HQ, D = 2, 2, 8, 32
-
-
-def _ref_layers(q, k, v):
-    return F.scaled_dot_product_attention(
-        q.float().unsqueeze(2),
-        k.float().permute(1, 2, 0, 3),
-        v.float().permute(1, 2, 0, 3),
-        enable_gqa=True,
-    ).squeeze(2)
-
-
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.bfloat16])
 def test_worker_kernels_agree_with_sdpa(tmp_path, dtype):
     """native (first scan through the pipeline, crc32 checked; later scans on the scan pool)
@@ -176,7 +165,7 @@ def test_worker_kernels_agree_with_sdpa(tmp_path, dtype):
     k = torch.randn(N, L, HKV, D, generator=g).to(dtype)
     v = torch.randn(N, L, HKV, D, generator=g).to(dtype)
     q = torch.randn(L, HQ, D, generator=g).to(dtype)
-    ref = _ref_layers(q, k, v)
+    ref = ref_layers(q, k, v)
     tol = 1e-3 if dtype != torch.bfloat16 else 1e-2  # the output is rounded to bf16
     with InStorageWorker(tmp_path / "w", L, HKV, D, dtype, page_budget=8) as w:
         w.append(0, k, v)
@@ -253,6 +242,6 @@ def test_native_scan_with_few_open_files_and_many_threads(tmp_path):
         res = server.attend_many(reqs)
         for (s, layer, _), (o, _) in zip(reqs, res, strict=True):
             k, v = seqs[s]
-            torch.testing.assert_close(o, _ref_layers(q, k, v)[layer], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(o, ref_layers(q, k, v)[layer], atol=1e-5, rtol=1e-5)
     assert len(server.reader._fds) <= 2 and not server.reader._pins
     server.close()
