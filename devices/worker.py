@@ -1105,6 +1105,15 @@ class WorkerConfig:
     scan_threads: int = 2
 
 
+def _check_choices(**kw) -> None:
+    """``kernel`` one of :data:`KERNELS`, ``scan_threads`` a whole number >= 0."""
+    if "kernel" in kw and kw["kernel"] not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kw['kernel']!r}")
+    n = kw.get("scan_threads", 0)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"scan_threads must be a whole number >= 0, got {n!r}")
+
+
 def _resolve_kernel(kernel: str, dtype: torch.dtype, head_dim: int) -> str:
     """The attention kernel a worker computes with: ``"native"`` (:mod:`devices.native`, on
     pages where the reads put them) or ``"torch"`` (pages gathered into K and V tensors, then
@@ -1237,9 +1246,7 @@ class _WorkerServer:
                 if e.code == -6:
                     raise OSError(e.errno, os.strerror(e.errno), str(path)) from None
                 what = "file ends inside it" if e.code == -3 else "bad header"
-                from devices.kvstore import TornPageError
-
-                raise TornPageError(f"{path}: page {e.page} is torn: {what}") from None
+                raise reader._kvs.TornPageError(f"{path}: page {e.page} is torn: {what}") from None
         finally:
             reader.unpin_fds(task)
 
@@ -1675,8 +1682,7 @@ class InStorageWorker:
             raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
         if page_budget < 1:
             raise ValueError(f"page_budget must be >= 1, got {page_budget}")
-        if kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        _check_choices(kernel=kernel, scan_threads=scan_threads)
         self.config = WorkerConfig(
             root=str(root),
             num_layers=num_layers,
@@ -1918,8 +1924,7 @@ class InStorageWorker:
         for key in kwargs:
             if key not in _CONFIGURABLE:
                 raise ValueError(f"cannot configure {key!r}; one of {_CONFIGURABLE}")
-        if "kernel" in kwargs and kwargs["kernel"] not in KERNELS:
-            raise ValueError(f"kernel must be one of {KERNELS}, got {kwargs['kernel']!r}")
+        _check_choices(**{k: v for k, v in kwargs.items() if k in ("kernel", "scan_threads")})
         for key, value in kwargs.items():
             setattr(self.config, key, value)
         return self._call("configure", kwargs)

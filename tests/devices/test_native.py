@@ -184,6 +184,8 @@ def test_worker_kernels_agree_with_sdpa(tmp_path, dtype):
             w.configure(kernel="cuda")
     with pytest.raises(ValueError, match="kernel must be one of"):
         InStorageWorker(tmp_path / "x", L, HKV, D, dtype, kernel="fast", autostart=False)
+    with pytest.raises(ValueError, match="scan_threads must be a whole number >= 0, got -1"):
+        InStorageWorker(tmp_path / "x", L, HKV, D, dtype, scan_threads=-1, autostart=False)
 
 
 def _server(root, dtype, **kw):

@@ -445,7 +445,7 @@ def test_benchmark_quick_smoke():
 def test_without_a_c_compiler_the_worker_uses_the_torch_kernel(tmp_path):
     """devices.native compiles on first use; with no compiler it says why, ``kernel="auto"``
     falls back to PyTorch's kernel and ``kernel="native"`` is refused with the reason."""
-    code = f"""
+    code = """
 import torch
 from devices import native
 from devices.worker import _resolve_kernel
