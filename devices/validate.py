@@ -104,9 +104,10 @@ class ValidationHardware:
         measured = profile["measured"]
         flops = measured["cpu_matmul_flops"]
         fp32 = float(flops["float32"] if isinstance(flops, dict) else flops)
-        # paced rates well below what this machine's readers sustain (the in-storage scan
-        # ~4 GB/s, host page reads ~2.5 GB/s here: benchmarks/attention_backend.py), so that
-        # the emulated link, not the emulation's own limits, sets the time
+        # paced rates well below what this machine's readers sustain (the in-storage scan's
+        # paced path ~5.4 GB/s fp16, host page reads ~2.5 GB/s here:
+        # benchmarks/attention_backend.py), so that the emulated link, not the emulation's
+        # own limits, sets the time
         internal = matvec_gbps / 12.0
         return cls(
             matvec_gbps=matvec_gbps,
