@@ -106,19 +106,23 @@ class Link:
         """Modelled seconds the link was occupied (latency + serialisation); 0.0 when unpaced."""
         return self._busy_s
 
-    def transfer(self, nbytes: int) -> float:
+    def transfer(self, nbytes: int, ready_at: float | None = None) -> float:
         """Count ``nbytes`` crossing the link; when paced, block until the link would have sent
-        them. Return the seconds this call blocked (0.0 when unpaced)."""
+        them. Return the seconds this call blocked (0.0 when unpaced). ``ready_at`` (a
+        :func:`time.perf_counter` time, at most now): when the bytes were ready to send, if
+        earlier than this call (a sender thread that woke late, on a machine with fewer cores
+        than busy threads, does not leave the emulated link idle)."""
         if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
             raise ValueError(f"nbytes must be an int >= 0, got {nbytes!r}")
         called_at = time.perf_counter()
+        ready = called_at if ready_at is None else min(called_at, ready_at)
         with self._lock:
             self._bytes_total += nbytes
             self._transfers += 1
             if self._gbps is None:
                 return 0.0
             duration_s = self._latency_s + nbytes / (self._gbps * GB)
-            start = max(called_at, self._free_at)
+            start = max(ready, self._free_at)
             self._free_at = start + duration_s
             self._busy_s += duration_s
             deadline = self._free_at

@@ -350,11 +350,12 @@ class _Chunk:
     or None when the data went into a layout the caller owns), holding the buffer until
     :meth:`release`."""
 
-    __slots__ = ("k", "v", "nbytes", "npages", "segs", "_layout")
+    __slots__ = ("k", "v", "nbytes", "npages", "segs", "ready_at", "_layout")
 
     def __init__(self, k, v, nbytes, npages, layout=None, segs=None):
         self.k, self.v, self.nbytes, self.npages, self._layout = k, v, nbytes, npages, layout
         self.segs = segs  # (seg_start, k_ptr, v_ptr, rows) of a slot read, else None
+        self.ready_at = None  # when the read finished (perf_counter), for a paced link
 
     @property
     def pieces(self) -> list:
@@ -942,6 +943,7 @@ class PagePipeline:
                 self._release(npages)
                 out.put((task, 0, e))
             else:
+                chunk.ready_at = time.perf_counter()
                 out.put((task, npages, chunk))
 
     def _sender_loop(self) -> None:
@@ -954,7 +956,7 @@ class PagePipeline:
                 and self.link is not None
                 and not isinstance(item[2], BaseException)
             ):
-                self.link.transfer(int(item[2].nbytes))
+                self.link.transfer(int(item[2].nbytes), item[2].ready_at)
             self._q_out.put(item)
 
     def run(self, tasks, read_fn):

@@ -133,6 +133,24 @@ def test_idle_gap_is_not_credited() -> None:
     assert link.transfer(1_000_000) >= 0.999e-3
 
 
+def test_bytes_ready_before_a_late_sender_are_sent_back_to_back() -> None:
+    """A sender that calls late (its thread was descheduled) with bytes that were ready
+    earlier does not leave the link idle: they start when the link was free, not at the call;
+    without ``ready_at`` the gap counts as idle."""
+    mb = 1_000_000
+    for ready in (True, False):
+        link = Link("l", gbps=1.0)  # 1 ms per MB
+        link.transfer(mb)
+        free_at = link._free_at
+        time.sleep(0.005)  # the sender is late by ~4 ms
+        link.transfer(mb, ready_at=free_at - 0.0005 if ready else None)
+        gap = link._free_at - free_at - mb / GB
+        if ready:
+            assert gap == pytest.approx(0.0, abs=1e-9)
+        else:
+            assert gap > 0.003
+
+
 def test_reset_and_stats() -> None:
     link = Link("pcie", gbps=100.0, latency_s=1e-5)
     link.send(torch.zeros(1000, dtype=torch.float32))
