@@ -136,6 +136,9 @@ def _build(defines: tuple[str, ...]) -> ctypes.CDLL:
 
 def _lib(scalar: bool = False) -> ctypes.CDLL | None:
     defines = ("-DKVATTN_SCALAR",) if scalar else ()
+    lib = _libs.get(defines)  # loaded: no lock (called for every task of a scan)
+    if lib is not None:
+        return lib
     with _lock:
         if defines in _libs:
             return _libs[defines]
@@ -168,6 +171,27 @@ def simd() -> bool:
     return bool(lib is not None and lib.kvattn_simd())
 
 
+def _prepare(q: torch.Tensor, dtype: torch.dtype, scale: float | None, scalar: bool = False):
+    """The loaded library, and for ``q [F, G, D]``: the scaled fp32 query and the fp32
+    ``out [F, G, D]``, ``lse [F, G]`` to fill; raises on an unavailable kernel or bad shapes."""
+    lib = _lib(scalar)
+    if lib is None:
+        why = _errors.get(("-DKVATTN_SCALAR",) if scalar else ())
+        raise RuntimeError(f"native attention kernel unavailable: {why}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(map(str, DTYPES))}, got {dtype}")
+    F, G, D = q.shape
+    if not (1 <= G <= MAX_GROUP and 1 <= D <= MAX_HEAD_DIM):
+        raise ValueError(
+            f"q [F, G, D] needs G <= {MAX_GROUP} and D <= {MAX_HEAD_DIM}, got {tuple(q.shape)}"
+        )
+    sc = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    qs = (q.detach().to("cpu", torch.float32) * sc).contiguous()
+    out = torch.empty(F, G, D, dtype=torch.float32)
+    lse = torch.empty(F, G, dtype=torch.float32)
+    return lib, qs, out, lse
+
+
 def segment_attention(
     q: torch.Tensor,
     seg_start: np.ndarray,
@@ -189,18 +213,8 @@ def segment_attention(
     :func:`devices.attention.grouped_partial_attention` does (``scale`` default ``1/sqrt(D)``;
     empty heads give zeros and ``-inf``). ``scalar=True`` uses the plain-C build (tests).
     """
-    lib = _lib(scalar)
-    if lib is None:
-        raise RuntimeError(
-            f"native attention kernel unavailable: {_errors.get(('-DKVATTN_SCALAR',) if scalar else ())}"
-        )
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(map(str, DTYPES))}, got {dtype}")
+    lib, qs, out, lse = _prepare(q, dtype, scale, scalar)
     F, G, D = q.shape
-    if not (1 <= G <= MAX_GROUP and 1 <= D <= MAX_HEAD_DIM):
-        raise ValueError(
-            f"q [F, G, D] needs G <= {MAX_GROUP} and D <= {MAX_HEAD_DIM}, got {tuple(q.shape)}"
-        )
     seg_start = np.ascontiguousarray(seg_start, dtype=np.int64)
     k_ptr = np.ascontiguousarray(k_ptr, dtype=np.uint64)
     v_ptr = np.ascontiguousarray(v_ptr, dtype=np.uint64)
@@ -208,10 +222,6 @@ def segment_attention(
     S = int(seg_start[-1]) if len(seg_start) else 0
     if len(seg_start) != F + 1 or min(len(k_ptr), len(v_ptr), len(rows)) < S:
         raise ValueError(f"seg_start must have F + 1 = {F + 1} entries and the pointer arrays {S}")
-    sc = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    qs = (q.detach().to("cpu", torch.float32) * sc).contiguous()
-    out = torch.empty(F, G, D, dtype=torch.float32)
-    lse = torch.empty(F, G, dtype=torch.float32)
     rc = lib.kvattn_segments(
         F,
         G,
@@ -270,9 +280,7 @@ def scan_files(
     not the crc32: the caller verified these pages before), then its tail segment ``tails``
     (K and V addresses, rows; 0 rows for none). The GIL is released for the whole call.
     Returns fp32 ``(out [F, G, D], lse [F, G])``; raises :class:`ScanError`."""
-    lib = _lib()
-    if lib is None:
-        raise RuntimeError(f"native attention kernel unavailable: {_errors.get(())}")
+    lib, qs, out, lse = _prepare(q, dtype, scale)
     F, G, D = q.shape
     buf_pages = buf.numel() // slot_bytes
     if buf.dtype != torch.uint8 or not buf.is_contiguous() or buf_pages < 1:
@@ -293,10 +301,6 @@ def scan_files(
     ]
     if len(arrs[1]) != F + 1 or any(len(arrs[i]) != F for i in (0, 4, 5, 6, 7, 8)):
         raise ValueError(f"scan_files: per-unit arrays must have F = {F} entries")
-    sc = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    qs = (q.detach().to("cpu", torch.float32) * sc).contiguous()
-    out = torch.empty(F, G, D, dtype=torch.float32)
-    lse = torch.empty(F, G, dtype=torch.float32)
     err = np.zeros(2, dtype=np.int64)
     rc = lib.kvattn_scan(
         F,
@@ -328,31 +332,3 @@ def scan_files(
     if rc != 0:
         raise ValueError(f"kvattn_scan rejected its arguments (code {rc})")
     return out, lse
-
-
-def dense_segments(k: torch.Tensor, v: torch.Tensor):
-    """Segments covering ``k``, ``v`` ``[F, n, D]`` (rows contiguous, any F and n strides):
-    ``(seg_start, k_ptr, v_ptr, rows)`` in blocks of :data:`MAX_SEGMENT_ROWS` rows."""
-    F, n, D = k.shape
-    if k.stride(-1) != 1 or v.stride(-1) != 1 or k.stride(-2) != D or v.stride(-2) != D:
-        raise ValueError("dense_segments needs rows of D contiguous elements")
-    per = max(1, -(-n // MAX_SEGMENT_ROWS))
-    starts = np.arange(per, dtype=np.int64) * MAX_SEGMENT_ROWS
-    rows = np.minimum(MAX_SEGMENT_ROWS, n - starts).astype(np.int32)
-    esz = k.element_size()
-    f = np.arange(F, dtype=np.uint64)[:, None]
-    kp = k.data_ptr() + (f * k.stride(0) + starts.astype(np.uint64)[None] * D) * esz
-    vp = v.data_ptr() + (f * v.stride(0) + starts.astype(np.uint64)[None] * D) * esz
-    if n == 0:
-        return (
-            np.zeros(F + 1, np.int64),
-            np.zeros(0, np.uint64),
-            np.zeros(0, np.uint64),
-            np.zeros(0, np.int32),
-        )
-    return (
-        np.arange(F + 1, dtype=np.int64) * per,
-        kp.ravel(),
-        vp.ravel(),
-        np.tile(rows, F),
-    )

@@ -1123,8 +1123,7 @@ def _resolve_kernel(kernel: str, dtype: torch.dtype, head_dim: int) -> str:
     compiled here and takes the store's dtype and head size; ``"native"`` raises when not."""
     from devices import native
 
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    _check_choices(kernel=kernel)
     if kernel == "torch":
         return "torch"
     why = None
@@ -1294,12 +1293,12 @@ class _WorkerServer:
 
     def _scan_fast(self, tasks, by_index) -> None:
         """Run verified ``tasks`` on the scan pool; fold their results into ``by_index``."""
-        jobs, keep = [], []
+        jobs, tail_slots = [], []  # the tails' memory, kept alive until the pool is done
         for task, _ in tasks:
             u = task[0]
             Q, scale, _ = by_index[u.block]
             tails, slots = self._tails(task)
-            keep.append(slots)
+            tail_slots.append(slots)
             jobs.append((task, Q[u.uid : u.uid + len(task)], scale, tails))
         pool = self.scan_pool
         self.pipeline.peak_pages = max(
