@@ -299,7 +299,8 @@ def make_policy(run: Run, spec: EnvSpec, env):
     space = env.single_observation_space
     try:
         if run.algo == "dsac":
-            agent = DiscreteSAC(env, DSACConfig(), seed=0)
+            head = run.checkpoint["agent"].get("config", {}).get("plan_head", "factorised")
+            agent = DiscreteSAC(env, DSACConfig(plan_head=head), seed=0)
         else:
             agent = MODDPG(env, DDPGConfig(), seed=0)
         agent.load_state_dict(run.checkpoint["agent"])
@@ -311,7 +312,7 @@ def make_policy(run: Run, spec: EnvSpec, env):
         )
 
     def policy(obs, info, weights):
-        return agent.act(obs, info.get("action_mask"), weights, deterministic=True)
+        return agent.act(obs, info.get(agent.mask_key), weights, deterministic=True)
 
     return policy
 

@@ -154,6 +154,12 @@ def build_parser():
         help="--env gmorl: add two observation rows, the delay and energy each server would be charged for the current task now (-reward of that action; not in the paper)",
     )
     ap.add_argument(
+        "--plan-head",
+        default="factorised",
+        choices=("factorised", "conditional"),
+        help="--algo dsac on --env llm-offload: factorised (one independent head per plan part) or conditional (split, KV tier and expert policy chosen given the target, masked by info['plan_mask'], so no plan hits a fallback) (default: %(default)s)",
+    )
+    ap.add_argument(
         "--device", default="cpu", help="torch device for the networks (default: %(default)s)"
     )
     ap.add_argument(
@@ -194,6 +200,8 @@ def resolve_options(args) -> dict[str, Any]:
         fail(f"--gmorl-edges must be in 1..10, got {args.gmorl_edges}")
     if args.gmorl_cost_features and args.env != "gmorl":
         fail("--gmorl-cost-features needs --env gmorl")
+    if args.plan_head != "factorised" and (args.algo != "dsac" or args.env != "llm-offload"):
+        fail(f"--plan-head {args.plan_head} needs --algo dsac and --env llm-offload")
     if args.domain_randomisation:
         if args.env != "llm-offload":
             fail(
@@ -264,7 +272,7 @@ def make_agent(opts: dict[str, Any], env):
     if opts["algo"] == "dsac":
         from agents.dsac import DiscreteSAC, DSACConfig
 
-        config = DSACConfig(device=opts["device"])
+        config = DSACConfig(device=opts["device"], plan_head=opts.get("plan_head", "factorised"))
         return DiscreteSAC(env, config, seed=opts["seed"]), config
     from agents.ddpg import MODDPG, DDPGConfig
 
@@ -329,7 +337,7 @@ def evaluate(opts, agent, reward_dim: int, num_prefs: int, seed: int) -> dict[st
     low, high, ref = return_bounds(env)
 
     def policy(obs, info, weights):
-        return agent.act(obs, info.get("action_mask"), weights, deterministic=True)
+        return agent.act(obs, info.get(agent.mask_key), weights, deterministic=True)
 
     try:
         returns = episode_returns(env, policy, prefs, episodes=1, seed=seed)
@@ -426,7 +434,7 @@ def train(opts: dict[str, Any]) -> Path:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         while step < opts["timesteps"]:
-            masks = info.get("action_mask")
+            masks = info.get(agent.mask_key)
             weights = prefs.weights
             actions = agent.act(obs, masks, weights, deterministic=False)
             next_obs, reward, terminated, truncated, next_info = env.step(actions)
@@ -435,7 +443,7 @@ def train(opts: dict[str, Any]) -> Path:
                 agent.store(
                     obs[keep], actions[keep], reward[keep], next_obs[keep], terminated[keep], weights[keep],
                     None if masks is None else masks[keep],
-                    None if masks is None else next_info["action_mask"][keep],
+                    None if masks is None else next_info[agent.mask_key][keep],
                 )  # fmt: skip
             ep_return[keep] += reward[keep]
             done = terminated | truncated

@@ -268,6 +268,7 @@ class MODDPG(CheckpointMixin):
     """
 
     CONFIG_CLASS = DDPGConfig
+    mask_key = "action_mask"  # the info key act() takes masks from (it ignores them)
 
     def __init__(self, env, config: DDPGConfig | None = None, seed: int = 0) -> None:
         self.config = cfg = config or DDPGConfig()

@@ -44,15 +44,20 @@ from agents.common import ObsLayout
 __all__ = [
     "MASKED_LOGIT",
     "BranchingVectorCritic",
+    "ConditionalPlanCritic",
+    "ConditionalPlanPolicy",
     "ContextHead",
     "EncoderOutput",
     "FactorisedPolicy",
+    "PlanHeads",
     "ServerSetEncoder",
     "TargetHead",
     "build_part_heads",
     "masked_log_softmax",
     "mlp",
+    "plan_size",
     "split_masks",
+    "split_plan_masks",
     "target_has_local",
 ]
 
@@ -289,6 +294,24 @@ class FactorisedPolicy(nn.Module):
             for head, m in zip(self.heads, masks, strict=True)
         ]
 
+    @staticmethod
+    def entropy(probs: list[Tensor], logp: list[Tensor]) -> Tensor:
+        """H = -sum_i sum_{a_i} pi_i log pi_i (B,); masked choices (p = 0) add exactly 0."""
+        return -sum((p * lp).sum(-1) for p, lp in zip(probs, logp, strict=True))
+
+    @staticmethod
+    def max_entropy(masks: list[Tensor]) -> Tensor:
+        """sum_i log(open choices of part i) (B,): the entropy of the uniform open choices."""
+        return sum(m.sum(-1).float().log() for m in masks)
+
+    @staticmethod
+    def select(logp: list[Tensor], noise=None) -> Tensor:
+        """Actions (B, parts) long: with ``noise(shape)`` (Gumbel) a sample, without the most
+        probable choice of every part."""
+        if noise is not None:
+            logp = [lp + noise(lp.shape) for lp in logp]
+        return torch.stack([lp.argmax(dim=-1) for lp in logp], dim=-1)
+
 
 class BranchingVectorCritic(nn.Module):
     """Branching dueling vector critic: ``Q(s, a, w) = V(s, w) + sum_i A_i(s, w, a_i)``.
@@ -345,3 +368,191 @@ class BranchingVectorCritic(nn.Module):
         for adv, p in zip(advantages, probs, strict=True):
             q = q + (p.unsqueeze(-1) * adv).sum(dim=1)
         return q
+
+
+# ---------------------------------------------------------------- plans conditional on the target
+class PlanHeads(nn.Module):
+    """Per-target scores of the rest of an LLMOffload plan given its target.
+
+    Target g's hidden vector is an MLP on the context ("local") or on (embedding_g, context) (a
+    server; shared weights, so the scores are equivariant to the row order), and two linear maps
+    on it score the (split, KV tier) pairs and the expert policies *at that target*. Returns
+    ``(pairs (B, G, NS * K, out_dim), policies (B, G, NP, out_dim))``, G = 1 + rows.
+    """
+
+    def __init__(
+        self, context_dim: int, embed_dim: int, hidden: int, pairs: int, policies: int, out_dim: int
+    ) -> None:
+        super().__init__()
+        self.pairs, self.policies, self.out_dim = int(pairs), int(policies), int(out_dim)
+        self.local = nn.Linear(context_dim, hidden)
+        self.server_emb = nn.Linear(embed_dim, hidden)
+        self.server_ctx = nn.Linear(context_dim, hidden, bias=False)
+        self.body = nn.Sequential(nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.pair_out = nn.Linear(hidden, self.pairs * self.out_dim)
+        self.policy_out = nn.Linear(hidden, self.policies * self.out_dim)
+
+    def forward(self, context: Tensor, servers: Tensor) -> tuple[Tensor, Tensor]:
+        servers_h = self.server_emb(servers) + self.server_ctx(context).unsqueeze(1)
+        h = self.body(torch.cat([self.local(context).unsqueeze(1), servers_h], dim=1))
+        b, g = h.shape[:2]
+        return (
+            self.pair_out(h).view(b, g, self.pairs, self.out_dim),
+            self.policy_out(h).view(b, g, self.policies, self.out_dim),
+        )
+
+
+def split_plan_masks(
+    masks: Tensor | None, nvec: Sequence[int], batch: int, device=None
+) -> list[Tensor]:
+    """``[target (B, G), pairs (B, G, NS * K), policies (B, G, NP)]`` bool from the envs' flat
+    ``plan_mask`` rows (B, G + G * NS * K + G * NP) (None: all open); a row with no open choice
+    (a closed target) gets choice 0 opened, so every conditional is a proper distribution."""
+    g, ns, k, np_ = (int(x) for x in nvec)
+    if masks is None:
+        shapes = [(batch, g), (batch, g, ns * k), (batch, g, np_)]
+        return [torch.ones(s, dtype=torch.bool, device=device) for s in shapes]
+    target, pairs, pol = torch.split(masks.bool(), [g, g * ns * k, g * np_], dim=-1)
+    out = []
+    for m in (target, pairs.reshape(-1, g, ns * k), pol.reshape(-1, g, np_)):
+        empty = ~m.any(dim=-1, keepdim=True)
+        if bool(empty.any()):
+            first = torch.zeros_like(m)
+            first[..., 0] = True
+            m = m | (empty & first)
+        out.append(m)
+    return out
+
+
+def plan_size(nvec: Sequence[int]) -> int:
+    """Length of one ``plan_mask`` row for a MultiDiscrete ``nvec`` (target, split, tier, policy)."""
+    g, ns, k, np_ = (int(x) for x in nvec)
+    return g + g * ns * k + g * np_
+
+
+class ConditionalPlanPolicy(nn.Module):
+    """pi(g, s, k, p | o, w) = pi(g) pi((s, k) | g) pi(p | g): the target, then the (split, tier)
+    pair and the expert policy *given the target*, each masked by the env's conditional
+    ``plan_mask``, so every sampled plan is open (no fallback) and the rest of the plan can
+    depend on where it runs.
+
+    ``policy(obs, weights, masks)`` with masks from :func:`split_plan_masks` returns
+    ``[log pi(g) (B, G), log pi(pair | g) (B, G, NS * K), log pi(p | g) (B, G, NP)]``.
+    """
+
+    def __init__(
+        self, layout: ObsLayout, nvec: Sequence[int], pref_dim: int, hidden: int, embed: int
+    ) -> None:
+        super().__init__()
+        if len(nvec) != 4 or not target_has_local(layout, nvec):
+            raise ValueError(
+                f"a conditional plan needs LLMOffload's 4-part action (local + rows, split, tier, "
+                f"policy), got nvec {list(nvec)}"
+            )
+        self.nvec = [int(x) for x in nvec]
+        self.encoder = ServerSetEncoder(layout, pref_dim, hidden, embed)
+        self.target = TargetHead(self.encoder.context_dim, self.encoder.embed_dim, hidden, 1)
+        g, ns, k, np_ = self.nvec
+        self.rest = PlanHeads(
+            self.encoder.context_dim, self.encoder.embed_dim, hidden, ns * k, np_, 1
+        )
+
+    def forward(self, obs: Tensor, weights: Tensor, masks: list[Tensor]) -> list[Tensor]:
+        ctx, servers, _ = self.encoder(obs, weights)
+        pairs, pol = self.rest(ctx, servers)
+        return [
+            masked_log_softmax(self.target(ctx, servers).squeeze(-1), masks[0]),
+            masked_log_softmax(pairs.squeeze(-1), masks[1]),
+            masked_log_softmax(pol.squeeze(-1), masks[2]),
+        ]
+
+    @staticmethod
+    def entropy(probs: list[Tensor], logp: list[Tensor]) -> Tensor:
+        """H(g) + sum_g pi(g) [H(pair | g) + H(p | g)], (B,): the entropy of the whole plan."""
+        h_t = -(probs[0] * logp[0]).sum(-1)
+        h_rest = -(probs[1] * logp[1]).sum(-1) - (probs[2] * logp[2]).sum(-1)  # (B, G)
+        return h_t + (probs[0] * h_rest).sum(-1)
+
+    @staticmethod
+    def max_entropy(masks: list[Tensor]) -> Tensor:
+        """log(number of open plans) (B,): the entropy of the uniform open plan."""
+        open_plans = (masks[0] * masks[1].sum(-1) * masks[2].sum(-1)).sum(-1)
+        return open_plans.clamp(min=1).float().log()
+
+    def select(self, logp: list[Tensor], noise=None) -> Tensor:
+        """Plans (B, 4) long: with ``noise(shape)`` (Gumbel), a sample (target, then the rest
+        given it); without, the most probable whole plan (the joint mode)."""
+        lt, lpair, lpol = logp
+        if noise is None:
+            best_pair, pair_idx = lpair.max(-1)
+            best_pol, pol_idx = lpol.max(-1)
+            g = (lt + best_pair + best_pol).argmax(-1)
+            rows = torch.arange(g.shape[0], device=g.device)
+            pair, p = pair_idx[rows, g], pol_idx[rows, g]
+        else:
+            g = (lt + noise(lt.shape)).argmax(-1)
+            rows = torch.arange(g.shape[0], device=g.device)
+            pair = (lpair[rows, g] + noise(lpair[rows, g].shape)).argmax(-1)
+            p = (lpol[rows, g] + noise(lpol[rows, g].shape)).argmax(-1)
+        k = self.nvec[2]
+        return torch.stack([g, pair // k, pair % k, p], dim=-1)
+
+
+class ConditionalPlanCritic(nn.Module):
+    """Vector critic for :class:`ConditionalPlanPolicy`:
+    ``Q(o, w, g, s, k, p) = V + A_t(g) + A_pair(g, (s, k)) + A_pol(g, p)``, each term a vector
+    (one value per objective), the advantages centred over their open choices (per target for
+    the two conditional ones), so :meth:`expected` is exact under the conditional policy.
+
+    ``critic(obs, weights, masks)`` returns ``(V (B, D), [A_t (B, G, D), A_pair (B, G, NS * K,
+    D), A_pol (B, G, NP, D)])``.
+    """
+
+    def __init__(
+        self,
+        layout: ObsLayout,
+        nvec: Sequence[int],
+        pref_dim: int,
+        reward_dim: int,
+        hidden: int,
+        embed: int,
+    ) -> None:
+        super().__init__()
+        self.nvec = [int(x) for x in nvec]
+        g, ns, k, np_ = self.nvec
+        self.encoder = ServerSetEncoder(layout, pref_dim, hidden, embed)
+        c, e = self.encoder.context_dim, self.encoder.embed_dim
+        self.value = mlp(c, hidden, reward_dim, layers=1)
+        self.target = TargetHead(c, e, hidden, reward_dim)
+        self.rest = PlanHeads(c, e, hidden, ns * k, np_, reward_dim)
+
+    @staticmethod
+    def _centre(raw: Tensor, mask: Tensor) -> Tensor:
+        open_ = mask.unsqueeze(-1).to(raw.dtype)
+        mean = (raw * open_).sum(dim=-2, keepdim=True) / open_.sum(dim=-2, keepdim=True)
+        return (raw - mean) * open_
+
+    def forward(
+        self, obs: Tensor, weights: Tensor, masks: list[Tensor]
+    ) -> tuple[Tensor, list[Tensor]]:
+        ctx, servers, _ = self.encoder(obs, weights)
+        pairs, pol = self.rest(ctx, servers)
+        raws = (self.target(ctx, servers), pairs, pol)
+        return self.value(ctx), [self._centre(r, m) for r, m in zip(raws, masks, strict=True)]
+
+    def q_values(self, value: Tensor, advantages: list[Tensor], actions: Tensor) -> Tensor:
+        """Q (B, D) of plans (B, 4) long."""
+        a_t, a_pair, a_pol = advantages
+        rows = torch.arange(actions.shape[0], device=actions.device)
+        g = actions[:, 0]
+        pair = actions[:, 1] * self.nvec[2] + actions[:, 2]
+        return value + a_t[rows, g] + a_pair[rows, g, pair] + a_pol[rows, g, actions[:, 3]]
+
+    @staticmethod
+    def expected(value: Tensor, advantages: list[Tensor], probs: list[Tensor]) -> Tensor:
+        """E_pi[Q] = V + sum_g pi(g) [A_t(g) + sum pi(pair | g) A_pair(g, .) + sum pi(p | g)
+        A_pol(g, .)], (B, D)."""
+        a_t, a_pair, a_pol = advantages
+        p_t, p_pair, p_pol = probs
+        rest = (p_pair.unsqueeze(-1) * a_pair).sum(-2) + (p_pol.unsqueeze(-1) * a_pol).sum(-2)
+        return value + (p_t.unsqueeze(-1) * (a_t + rest)).sum(1)

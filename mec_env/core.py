@@ -414,6 +414,34 @@ class OffloadCore:
         o = self.mask_offsets
         return self.masks[:, o[part] : o[part + 1]]
 
+    def plan_masks(self) -> np.ndarray:
+        """(N, plan_mask_size) bool: the masks of the whole plan, conditional on the target (a
+        copy). Three blocks, concatenated: the target mask (``nvec[0]``, as in
+        :meth:`action_masks`); for each target g, its open (split, KV tier) pairs (``nvec[0] x
+        nvec[1] x nvec[2]``, C order); for each target g, its open expert policies (``nvec[0] x
+        nvec[3]``). Plan (g, s, k, p) is open, i.e. executed without fallback, exactly when all
+        three say so (the rows of :meth:`open_plans`). When no target can take the request, only
+        plan (0, 0, 0, 0) is open, as in the factorised masks."""
+        n, G = self.n, self.num_targets
+        st = self.ok_st.reshape(n, -1).copy()
+        p = self.ok_p.reshape(n, -1).copy()
+        target = self.masks[:, :G].copy()
+        rejecting = self.rejecting.astype(bool)
+        if rejecting.any():
+            target[rejecting] = False
+            target[rejecting, 0] = True
+            st[rejecting] = False
+            st[rejecting, 0] = True
+            p[rejecting] = False
+            p[rejecting, 0] = True
+        return np.concatenate([target, st, p], axis=1)
+
+    @property
+    def plan_mask_size(self) -> int:
+        """Length of one row of :meth:`plan_masks`."""
+        G, NS, K, NP = (int(x) for x in self.nvec)
+        return G + G * NS * K + G * NP
+
     def observe(self) -> np.ndarray:
         """(N, obs_dim) float32 in [0, 1] (a view of an internal buffer): request features,
         then one row per server slot; see ``LLMOffloadEnv``'s card for the layout."""

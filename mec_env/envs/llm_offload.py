@@ -128,7 +128,7 @@ class _OffloadBase:
         ``fallback`` (bool per part), ``rejected`` and ``costs`` (latency s, energy J, cost USD,
         accuracy loss: the positive per-request costs, all four whatever the objectives)."""
         c = self.core
-        info: dict[str, Any] = {"action_mask": c.masks[0].copy()}
+        info: dict[str, Any] = {"action_mask": c.masks[0].copy(), "plan_mask": c.plan_masks()[0]}
         if result is not None:
             info["plan"] = result.plan[0].copy()
             info["fallback"] = result.fallback[0].copy()
@@ -220,6 +220,12 @@ class LLMOffloadEnv(_OffloadBase, gym.Env):
     target can take a request, only action 0 is open and the request is rejected with the
     scenario's ``rejection_penalty_s`` as its latency.
 
+    ``info["plan_mask"]`` gives the masks of the whole plan, conditional on the target
+    (``OffloadCore.plan_masks``): the target mask, then each target's open (split, tier) pairs,
+    then each target's open expert policies. A plan is open, and runs without fallback, exactly
+    when all three say so; a policy that picks the split, tier and policy given its target can
+    use them to never trigger a fallback.
+
     ## Observation space
 
     ``Box(0, 1, (15 + max_servers * (14 + histogram_bins),), float32)``; ``obs_layout`` gives the
@@ -283,6 +289,7 @@ class LLMOffloadEnv(_OffloadBase, gym.Env):
         result = core.step(a, self.np_random, knobs)
         info = {
             "action_mask": core.masks[0].copy(),
+            "plan_mask": core.plan_masks()[0],
             "plan": result.plan[0].copy(),
             "fallback": result.fallback[0].copy(),
             "rejected": bool(result.rejected[0]),
@@ -432,7 +439,10 @@ class LLMOffloadVectorEnv(gym.vector.VectorEnv):
             self._rngs = None
         self._reset_rows(np.ones(self.num_envs, bool))
         self._autoreset[:] = False
-        return self.core.obs.copy(), {"action_mask": self.core.masks.copy()}
+        return self.core.obs.copy(), {
+            "action_mask": self.core.masks.copy(),
+            "plan_mask": self.core.plan_masks(),
+        }
 
     def _reset_rows(self, which: np.ndarray) -> None:
         if self._rngs is None:
@@ -484,6 +494,7 @@ class LLMOffloadVectorEnv(gym.vector.VectorEnv):
         self._autoreset = truncated.copy()
         info = {
             "action_mask": self.core.masks.copy(),
+            "plan_mask": self.core.plan_masks(),
             "rejected": result.rejected.copy(),
             "costs": result.costs.copy(),
             "plan": result.plan.copy(),

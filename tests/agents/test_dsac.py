@@ -11,7 +11,13 @@ import torch
 
 import mec_env  # noqa: F401  (registers the environments)
 from agents.dsac import DiscreteSAC, DSACConfig
-from agents.networks import BranchingVectorCritic, split_masks
+from agents.networks import (
+    BranchingVectorCritic,
+    ConditionalPlanCritic,
+    ConditionalPlanPolicy,
+    split_masks,
+    split_plan_masks,
+)
 
 LLM = "mec_env/LLMOffload-v0"
 GMORL = "mec_env/GMORLOffload-v0"
@@ -167,12 +173,114 @@ def test_target_logits_are_equivariant_to_server_order():
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
 
 
+# ---------------------------------------------------------------------------- conditional plans
+def _joint_plans(nvec) -> torch.Tensor:
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in nvec], indexing="ij"), -1)
+    return torch.as_tensor(grid.reshape(-1, len(nvec)))
+
+
+def _plan_open(plans: np.ndarray, plan_mask: np.ndarray, nvec) -> np.ndarray:
+    """(N,) whether each plan (N, 4) is open in its flat plan_mask row (N, size)."""
+    g, ns, k, np_ = (int(x) for x in nvec)
+    rows = np.arange(len(plans))
+    t = plan_mask[rows, plans[:, 0]]
+    st = plan_mask[rows, g + (plans[:, 0] * ns + plans[:, 1]) * k + plans[:, 2]]
+    p = plan_mask[rows, g + g * ns * k + plans[:, 0] * np_ + plans[:, 3]]
+    return t & st & p
+
+
+def test_conditional_closed_forms_are_the_joint_sums():
+    """E_pi[Q], the entropy, log(open plans) and the deterministic plan of the conditional head
+    equal the sums / argmax over every joint plan, pi(g, s, k, p) = pi(g) pi(s, k | g) pi(p | g);
+    closed plans get probability 0 and the advantages are centred over the open choices."""
+    envs = gym.make_vec(LLM, num_envs=3, scenario="examples/rush-hour.yaml")
+    agent = DiscreteSAC(envs, DSACConfig(**SMALL, plan_head="conditional"), seed=0)
+    assert isinstance(agent.actor, ConditionalPlanPolicy)
+    assert isinstance(agent.qf1, ConditionalPlanCritic)
+    obs, info = envs.reset(seed=4)
+    for _ in range(5):  # a few busy states
+        obs, _, _, _, info = envs.step(agent.act(obs, info["plan_mask"], [0.5, 0.5]))
+    o, w = torch.as_tensor(obs), torch.tensor([[0.2, 0.8], [0.9, 0.1], [0.5, 0.5]])
+    masks = split_plan_masks(torch.as_tensor(info["plan_mask"]), agent.nvec, 3)
+    with torch.no_grad():
+        logp = agent.actor(o, w, masks)
+        value, adv = agent.qf1(o, w, masks)
+        mode = agent.actor.select(logp)
+    probs = [lp.exp() for lp in logp]
+    plans = _joint_plans(agent.nvec)
+    g, pair, p = plans[:, 0], plans[:, 1] * agent.nvec[2] + plans[:, 2], plans[:, 3]
+    for b in range(3):
+        pj = probs[0][b, g] * probs[1][b, g, pair] * probs[2][b, g, p]
+        is_open = _plan_open(
+            plans.numpy(), np.repeat(info["plan_mask"][b : b + 1], len(plans), 0), agent.nvec
+        )
+        assert (pj[~torch.as_tensor(is_open)] == 0).all()
+        torch.testing.assert_close(pj.sum(), torch.tensor(1.0))
+        q = agent.qf1.q_values(
+            value[b : b + 1].expand(len(plans), -1),
+            [a[b : b + 1].expand(len(plans), *a.shape[1:]) for a in adv],
+            plans,
+        )
+        expected = ConditionalPlanCritic.expected(value, adv, probs)[b]
+        torch.testing.assert_close((pj[:, None] * q).sum(0), expected, rtol=1e-4, atol=1e-4)
+        entropy = -(pj * torch.log(pj.clamp(min=1e-30))).sum()
+        got = ConditionalPlanPolicy.entropy(probs, logp)[b]
+        torch.testing.assert_close(got, entropy, rtol=1e-4, atol=1e-5)
+        open_count = int(is_open.sum())
+        assert open_count == len(envs.unwrapped.core.open_plans(b))
+        got_max = ConditionalPlanPolicy.max_entropy(masks)[b]
+        torch.testing.assert_close(got_max, torch.tensor(float(np.log(open_count))))
+        assert torch.equal(mode[b], plans[pj.argmax()])
+        a_t, a_pair, a_pol = (a[b] for a in adv)
+        assert torch.allclose(a_t[masks[0][b]].sum(0), torch.zeros(2), atol=1e-5)
+        for gi in np.flatnonzero(masks[0][b].numpy()):
+            assert torch.allclose(a_pair[gi][masks[1][b, gi]].sum(0), torch.zeros(2), atol=1e-5)
+            assert torch.allclose(a_pol[gi][masks[2][b, gi]].sum(0), torch.zeros(2), atol=1e-5)
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_conditional_plans_never_fall_back(deterministic):
+    """Busy rush-hour episodes: every plan the conditional head picks is open (no fallback),
+    sampled or deterministic; with invalid_action="raise" nothing it picks is masked."""
+    envs = gym.make_vec(
+        LLM, num_envs=8, scenario="examples/rush-hour.yaml", invalid_action="raise", parallel=False
+    )
+    agent = DiscreteSAC(envs, DSACConfig(**SMALL, plan_head="conditional"), seed=2)
+    rng = np.random.default_rng(0)
+    obs, info = envs.reset(seed=0)
+    rejected = 0
+    for _ in range(150):
+        actions = agent.act(obs, info["plan_mask"], rng.dirichlet([1, 1], 8), deterministic)
+        assert _plan_open(actions, info["plan_mask"], agent.nvec).all()
+        obs, _, _, _, info = envs.step(actions)
+        assert not info["fallback"].any()
+        rejected += int(info["rejected"].sum())
+    assert rejected > 0  # the rush hour does reject: the rejecting masks were exercised
+
+
+def test_conditional_head_needs_the_plan_env():
+    with pytest.raises(ValueError, match="plan_head"):
+        DSACConfig(plan_head="joint")
+    with pytest.raises(ValueError, match="MultiDiscrete"):
+        DiscreteSAC(gym.make_vec(GMORL, num_envs=2), DSACConfig(**SMALL, plan_head="conditional"))
+    agent = DiscreteSAC(gym.make_vec(LLM, num_envs=2, scenario="tiny"), DSACConfig(**SMALL))
+    with pytest.raises(ValueError, match="columns"):  # a factorised mask given to the other head
+        other = DiscreteSAC(
+            gym.make_vec(LLM, num_envs=2, scenario="tiny"),
+            DSACConfig(**SMALL, plan_head="conditional"),
+        )
+        obs, info = gym.make_vec(LLM, num_envs=2, scenario="tiny").reset(seed=0)
+        other.act(obs, info["action_mask"], [0.5, 0.5])
+    assert agent.mask_key == "action_mask" and other.mask_key == "plan_mask"
+
+
 # ---------------------------------------------------------------------------- learning
-def test_learns_the_best_target_for_each_pure_preference():
+@pytest.mark.parametrize("plan_head", ["factorised", "conditional"])
+def test_learns_the_best_target_for_each_pure_preference(plan_head):
     """Uniform preferences in training; then w = (1, 0) must offload and w = (0, 1) run locally."""
     config = DSACConfig(
         hidden=64, embed=32, batch_size=128, lr=1e-3, alpha_lr=1e-3,
-        learning_starts=256, updates_per_step=4,
+        learning_starts=256, updates_per_step=4, plan_head=plan_head,
     )  # fmt: skip
     envs = gym.make_vec(LLM, num_envs=8, scenario=TWO_PLANS)
     agent = DiscreteSAC(envs, config, seed=0)
@@ -185,16 +293,17 @@ def test_learns_the_best_target_for_each_pure_preference():
     obs, info = test.reset(seed=123)
     hits = {(1.0, 0.0): [], (0.0, 1.0): []}
     rng = np.random.default_rng(0)
+    key = agent.mask_key
     for _ in range(5):  # 160 fresh states, of which those where both targets are open count
         both = info["action_mask"][:, :2].all(axis=1)
         for k, w in enumerate(hits):
-            acts = agent.act(obs, info["action_mask"], np.array(w), deterministic=True)
+            acts = agent.act(obs, info[key], np.array(w), deterministic=True)
             for n in np.flatnonzero(both):
                 plans = core.open_plans(n)
                 best = plans[np.argmin(core.plan_costs(plans, n)[:, k]), 0]
                 assert best == (1 if k == 0 else 0)  # offload for latency, local for energy
                 hits[w].append(acts[n, 0] == best)
-        obs, _, _, _, info = test.step(agent.act(obs, info["action_mask"], rng.dirichlet([1, 1])))
+        obs, _, _, _, info = test.step(agent.act(obs, info[key], rng.dirichlet([1, 1])))
     for w, h in hits.items():
         assert len(h) >= 100
         assert np.mean(h) >= 0.9, f"w={w}: right target on {np.mean(h):.0%} of {len(h)} states"
@@ -232,11 +341,14 @@ def _same_state(a: DiscreteSAC, b: DiscreteSAC) -> None:
     assert (sa["num_updates"], sa["num_env_steps"]) == (sb["num_updates"], sb["num_env_steps"])
 
 
-def test_resume_reproduces_training(tmp_path):
+@pytest.mark.parametrize("plan_head", ["factorised", "conditional"])
+def test_resume_reproduces_training(tmp_path, plan_head):
     torch.use_deterministic_algorithms(True)
     try:
         envs = gym.make_vec(LLM, num_envs=8, scenario="tiny")
-        config = DSACConfig(**{**SMALL, "buffer_size": 4096, "updates_per_step": 2})
+        config = DSACConfig(
+            **{**SMALL, "buffer_size": 4096, "updates_per_step": 2, "plan_head": plan_head}
+        )
         agent = DiscreteSAC(envs, config, seed=7)
         assert agent.update() == {}  # nothing stored yet: no step
         agent.learn(envs, 8 * 40, seed=0)  # 320 transitions, ~64 updates
@@ -249,7 +361,7 @@ def test_resume_reproduces_training(tmp_path):
         w = np.array([0.5, 0.5])
         for a in (agent, resumed):
             logs = [a.update() for _ in range(5)]
-            a.last = (logs, a.act(obs, info["action_mask"], w))
+            a.last = (logs, a.act(obs, info[a.mask_key], w))
         assert agent.last[0] == resumed.last[0]
         assert np.array_equal(agent.last[1], resumed.last[1])
         _same_state(agent, resumed)
@@ -262,6 +374,11 @@ def test_checkpoint_rejects_another_env(tmp_path):
     agent.save(tmp_path / "a.pt")
     with pytest.raises(ValueError, match="spaces"):
         DiscreteSAC.load(tmp_path / "a.pt", gym.make_vec(GMORL, num_envs=2))
+    other = DiscreteSAC(
+        gym.make_vec(LLM, num_envs=2, scenario="tiny"), DSACConfig(**SMALL, plan_head="conditional")
+    )
+    with pytest.raises(ValueError, match="plan_head"):
+        other.load_state_dict(agent.state_dict())
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback without CUDA")

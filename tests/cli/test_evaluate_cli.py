@@ -72,6 +72,26 @@ def test_evaluates_a_run_and_baselines_into_files(tiny_run, tmp_path):
     assert "hypervolume" in result.stdout and "results:" in result.stdout
 
 
+def test_a_conditional_plan_run_resumes_and_is_evaluated(tmp_path):
+    """--plan-head conditional is kept in the run (resume continues with it) and evaluate.py
+    rebuilds that head from the checkpoint."""
+    import torch
+
+    out = train(tmp_path / "cond", "--scenario", "tiny", "--plan-head", "conditional")
+    again = run("train.py", "--resume", str(out), "--timesteps", "192", "--no-progress")
+    assert again.returncode == 0, again.stderr[-3000:]
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["step"] == 192 and ckpt["agent"]["config"]["plan_head"] == "conditional"
+    result = run(
+        "evaluate.py", str(out), "--baselines", "random", "--preferences", "3", "--episodes", "1",
+        "--out", str(tmp_path / "eval"), "--no-progress",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    doc = json.loads((tmp_path / "eval" / "results.json").read_text())
+    (scenario,) = doc["scenarios"].values()
+    assert "Discrete-SAC [cond]" in scenario["metrics"]
+
+
 def test_held_out_scenarios_report_the_gap_to_a_policy_trained_there(tiny_run, tmp_path):
     import yaml
 

@@ -121,6 +121,9 @@ def test_ctrl_c_writes_a_checkpoint(tmp_path):
         (["--env", "gmorl", "--gmorl-edge-ghz", "0"], "--gmorl-edge-ghz"),
         (["--domain-randomisation", "99"], "--domain-randomisation"),
         (["--domain-randomisation", "2", "--dr-spread", "1.5"], "--dr-spread"),
+        (["--plan-head", "conditional", "--algo", "ddpg"], "--plan-head conditional needs"),
+        (["--plan-head", "conditional", "--env", "gmorl"], "--plan-head conditional needs"),
+        (["--plan-head", "joint"], "--plan-head"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(tmp_path, args, fragment):

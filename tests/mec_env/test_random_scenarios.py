@@ -184,3 +184,36 @@ def test_random_scenarios_continuous_env(scenario, seed):
         check_step(env, obs, reward, info)
         if truncated:
             env.reset()
+
+
+def _plans_of(plan_mask: np.ndarray, nvec) -> set[tuple[int, ...]]:
+    g, ns, k, np_ = (int(x) for x in nvec)
+    target = plan_mask[:g]
+    pairs = plan_mask[g : g + g * ns * k].reshape(g, ns, k)
+    pol = plan_mask[g + g * ns * k :].reshape(g, np_)
+    joint = target[:, None, None, None] & pairs[..., None] & pol[:, None, None, :]
+    return set(map(tuple, np.argwhere(joint).tolist()))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario=scenarios(), seed=st.integers(0, 2**32 - 1))
+def test_plan_mask_is_exactly_the_plans_that_run_without_fallback(scenario, seed):
+    """info["plan_mask"] lists exactly the core's open plans (plan (0, 0, 0, 0) alone when the
+    request is rejected), and any plan it opens runs with no part replaced."""
+    env = LLMOffloadEnv(scenario=scenario, invalid_action="raise")
+    rng = np.random.default_rng(seed)
+    _, info = env.reset(seed=seed)
+    for _ in range(12):
+        mask = info["plan_mask"]
+        assert mask.shape == (env.core.plan_mask_size,) and mask.dtype == np.bool_
+        plans = _plans_of(mask, env.action_space.nvec)
+        if env.core.rejecting[0]:
+            assert plans == {(0, 0, 0, 0)}
+            event("rejecting")
+        else:
+            assert plans == set(map(tuple, env.core.open_plans(0).tolist()))
+        action = np.array(sorted(plans)[rng.integers(len(plans))])
+        _, _, _, truncated, info = env.step(action)
+        assert not info["fallback"].any()
+        if truncated:
+            _, info = env.reset()
