@@ -299,12 +299,13 @@ def make_policy(run: Run, spec: EnvSpec, env):
     space = env.single_observation_space
     try:
         if run.algo == "dsac":
-            head = run.checkpoint["agent"].get("config", {}).get("plan_head", "factorised")
-            agent = DiscreteSAC(env, DSACConfig(plan_head=head), seed=0)
+            # the run's networks: its config (plan head, critic outputs), on the CPU
+            saved = run.checkpoint["agent"].get("config", {})
+            agent = DiscreteSAC(env, DSACConfig(**{**saved, "device": "cpu"}), seed=0)
         else:
             agent = MODDPG(env, DDPGConfig(), seed=0)
         agent.load_state_dict(run.checkpoint["agent"])
-    except (RuntimeError, KeyError, ValueError) as e:
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         fail(
             f"run {str(run.path)!r}: its {run.algo} networks do not fit the observation space {space.shape} "

@@ -160,6 +160,17 @@ def build_parser():
         help="--algo dsac on --env llm-offload: factorised (one independent head per plan part) or conditional (split, KV tier and expert policy chosen given the target, masked by info['plan_mask'], so no plan hits a fallback) (default: %(default)s)",
     )
     ap.add_argument(
+        "--split-reward",
+        action="store_true",
+        help="--algo dsac: each critic predicts the immediate reward and the continuation separately (Q = R + C; R regresses on the reward itself), so plans are ranked by their immediate cost from a low-variance target",
+    )
+    ap.add_argument(
+        "--continuation",
+        default="plan",
+        choices=("plan", "target"),
+        help="--split-reward: the continuation depends on the whole plan, or on the target only (default: %(default)s)",
+    )
+    ap.add_argument(
         "--device", default="cpu", help="torch device for the networks (default: %(default)s)"
     )
     ap.add_argument(
@@ -200,6 +211,10 @@ def resolve_options(args) -> dict[str, Any]:
         fail(f"--gmorl-edges must be in 1..10, got {args.gmorl_edges}")
     if args.gmorl_cost_features and args.env != "gmorl":
         fail("--gmorl-cost-features needs --env gmorl")
+    if args.continuation != "plan" and not args.split_reward:
+        fail(f"--continuation {args.continuation} needs --split-reward")
+    if args.split_reward and args.algo != "dsac":
+        fail("--split-reward needs --algo dsac")
     if args.plan_head != "factorised" and (args.algo != "dsac" or args.env != "llm-offload"):
         fail(f"--plan-head {args.plan_head} needs --algo dsac and --env llm-offload")
     if args.domain_randomisation:
@@ -272,7 +287,12 @@ def make_agent(opts: dict[str, Any], env):
     if opts["algo"] == "dsac":
         from agents.dsac import DiscreteSAC, DSACConfig
 
-        config = DSACConfig(device=opts["device"], plan_head=opts.get("plan_head", "factorised"))
+        config = DSACConfig(
+            device=opts["device"],
+            plan_head=opts.get("plan_head", "factorised"),
+            split_reward=bool(opts.get("split_reward", False)),
+            continuation=opts.get("continuation", "plan"),
+        )
         return DiscreteSAC(env, config, seed=opts["seed"]), config
     from agents.ddpg import MODDPG, DDPGConfig
 

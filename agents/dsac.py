@@ -49,6 +49,13 @@ pi(g) pi((s, k) | g) pi(p | g), masked by the env's ``info["plan_mask"]`` (exact
 plans), and the critic ``V + A_t(g) + A_pair(g, (s, k)) + A_pol(g, p)``
 (:class:`agents.networks.ConditionalPlanCritic`); the equations above hold with H the entropy of
 the whole plan, E_pi[Q] summed over the targets, and H_target = ratio * log(open plans).
+
+Split reward (``split_reward=True``): each critic outputs two vectors per action, the immediate
+reward R_k(s, a, w) and the continuation C_k(s, a, w), with Q_k = R_k + C_k everywhere above;
+the critic loss regresses R_k on r and C_k on y - r (the sum of the two losses has the same
+minimiser for Q_k). The ranking of plans by what they cost now, which a myopic greedy gets
+exactly from the cost model, is then learnt from a target without the variance of the future
+term.
 """
 
 from __future__ import annotations
@@ -82,6 +89,7 @@ __all__ = ["DSACConfig", "DiscreteSAC"]
 
 CHECKPOINT_VERSION = 1
 PLAN_HEADS = ("factorised", "conditional")
+CONTINUATIONS = ("plan", "target")
 
 
 @dataclass
@@ -112,6 +120,12 @@ class DSACConfig:
         plan_head: "factorised" (one independent head per action part, the env's factorised
             ``action_mask``) or "conditional" (LLMOffload: the split, tier and expert policy
             given the target, masked by ``info["plan_mask"]``; module docstring).
+        split_reward: each critic predicts the immediate reward R(s, a, w) and the
+            continuation C(s, a, w) as two vectors, Q = R + C; R regresses on r itself and C
+            on y - r (module docstring).
+        continuation: with ``split_reward``, whether the continuation C depends on the whole
+            plan ("plan") or on the target only ("target": the rest of the plan is then ranked
+            by its immediate reward alone; the target still by R + C).
         device: torch device ("cpu", or "cuda" when available; falls back to CPU with a warning).
     """
 
@@ -131,6 +145,8 @@ class DSACConfig:
     grad_clip: float | None = 10.0
     preferences: str = "uniform"
     plan_head: str = "factorised"
+    split_reward: bool = False
+    continuation: str = "plan"
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -152,6 +168,12 @@ class DSACConfig:
             raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
         if self.plan_head not in PLAN_HEADS:
             raise ValueError(f"plan_head must be one of {PLAN_HEADS}, got {self.plan_head!r}")
+        if self.continuation not in CONTINUATIONS:
+            raise ValueError(
+                f"continuation must be one of {CONTINUATIONS}, got {self.continuation!r}"
+            )
+        if self.continuation != "plan" and not self.split_reward:
+            raise ValueError("continuation='target' needs split_reward=True")
 
 
 class DiscreteSAC(CheckpointMixin):
@@ -210,8 +232,10 @@ class DiscreteSAC(CheckpointMixin):
             torch.manual_seed(seed)
             args = (self.layout, self.nvec, self.reward_dim, cfg.hidden, cfg.embed)
             self.actor = policy_cls(*args).to(self.device)
-            self.qf1 = critic_cls(*args[:3], self.reward_dim, *args[3:]).to(self.device)
-            self.qf2 = critic_cls(*args[:3], self.reward_dim, *args[3:]).to(self.device)
+            # with split_reward every critic output holds (immediate reward, continuation)
+            out = self.reward_dim * (2 if cfg.split_reward else 1)
+            self.qf1 = critic_cls(*args[:3], out, *args[3:]).to(self.device)
+            self.qf2 = critic_cls(*args[:3], out, *args[3:]).to(self.device)
         self.qf1_target = copy.deepcopy(self.qf1).requires_grad_(False)
         self.qf2_target = copy.deepcopy(self.qf2).requires_grad_(False)
         self.log_alpha = nn.Parameter(
@@ -341,16 +365,24 @@ class DiscreteSAC(CheckpointMixin):
             next_logp = self.actor(next_obs, w, next_masks)
             next_probs = [lp.exp() for lp in next_logp]
             next_entropy = actor.entropy(next_probs, next_logp)
-            v1 = critic.expected(*self.qf1_target(next_obs, w, next_masks), next_probs)
-            v2 = critic.expected(*self.qf2_target(next_obs, w, next_masks), next_probs)
+            v1 = self._total(
+                critic.expected(*self._q(self.qf1_target, next_obs, w, next_masks), next_probs)
+            )
+            v2 = self._total(
+                critic.expected(*self._q(self.qf2_target, next_obs, w, next_masks), next_probs)
+            )
             first = ((v1 * w).sum(-1) <= (v2 * w).sum(-1)).unsqueeze(-1)
             bonus = alpha * next_entropy / w.sum(-1).clamp(min=1e-6)
             y = r + cfg.gamma * not_done * (torch.where(first, v1, v2) + bonus.unsqueeze(-1))
-        value1, adv1 = self.qf1(obs, w, masks)
-        value2, adv2 = self.qf2(obs, w, masks)
+        value1, adv1 = self._q(self.qf1, obs, w, masks)
+        value2, adv2 = self._q(self.qf2, obs, w, masks)
         q1 = critic.q_values(value1, adv1, actions)
         q2 = critic.q_values(value2, adv2, actions)
-        critic_loss = F.mse_loss(q1, y) + F.mse_loss(q2, y)
+        if cfg.split_reward:  # the reward part learns r itself, the continuation the rest of y
+            target = torch.cat([r, y - r], dim=-1)
+            critic_loss = F.mse_loss(q1, target) + F.mse_loss(q2, target)
+        else:
+            critic_loss = F.mse_loss(q1, y) + F.mse_loss(q2, y)
         self.critic_optimizer.zero_grad()
         critic_loss.backward()
         self._clip(self.critic_optimizer)
@@ -360,8 +392,8 @@ class DiscreteSAC(CheckpointMixin):
         logp = self.actor(obs, w, masks)
         probs = [lp.exp() for lp in logp]
         entropy = actor.entropy(probs, logp)
-        e1 = critic.expected(value1.detach(), [a.detach() for a in adv1], probs)
-        e2 = critic.expected(value2.detach(), [a.detach() for a in adv2], probs)
+        e1 = self._total(critic.expected(value1.detach(), [a.detach() for a in adv1], probs))
+        e2 = self._total(critic.expected(value2.detach(), [a.detach() for a in adv2], probs))
         soft_q = torch.minimum((e1 * w).sum(-1), (e2 * w).sum(-1))
         policy_loss = (-alpha * entropy - soft_q).mean()
         self.actor_optimizer.zero_grad()
@@ -388,6 +420,26 @@ class DiscreteSAC(CheckpointMixin):
             "alpha": float(alpha),
             "entropy": float(entropy.mean().detach()),
         }
+
+    def _q(self, net, obs: Tensor, w: Tensor, masks: list[Tensor]):
+        """A critic's (V, advantages); with ``split_reward`` and ``continuation="target"`` the
+        continuation half of every advantage but the target's is 0: where the request runs
+        shapes the future, the rest of the plan only what the request costs now."""
+        value, adv = net(obs, w, masks)
+        if self.config.split_reward and self.config.continuation == "target":
+            d = self.reward_dim
+            adv = [adv[0]] + [
+                torch.cat([a[..., :d], torch.zeros_like(a[..., d:])], -1) for a in adv[1:]
+            ]
+        return value, adv
+
+    def _total(self, q: Tensor) -> Tensor:
+        """Q (B, D) from a critic output: itself, or with ``split_reward`` the sum of its
+        immediate-reward and continuation halves."""
+        if not self.config.split_reward:
+            return q
+        d = self.reward_dim
+        return q[..., :d] + q[..., d:]
 
     def _clip(self, optimizer: torch.optim.Optimizer) -> None:
         if self.config.grad_clip is not None:

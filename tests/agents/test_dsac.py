@@ -261,6 +261,10 @@ def test_conditional_plans_never_fall_back(deterministic):
 def test_conditional_head_needs_the_plan_env():
     with pytest.raises(ValueError, match="plan_head"):
         DSACConfig(plan_head="joint")
+    with pytest.raises(ValueError, match="continuation"):
+        DSACConfig(continuation="future")
+    with pytest.raises(ValueError, match="split_reward"):
+        DSACConfig(continuation="target")
     with pytest.raises(ValueError, match="MultiDiscrete"):
         DiscreteSAC(gym.make_vec(GMORL, num_envs=2), DSACConfig(**SMALL, plan_head="conditional"))
     agent = DiscreteSAC(gym.make_vec(LLM, num_envs=2, scenario="tiny"), DSACConfig(**SMALL))
@@ -275,12 +279,20 @@ def test_conditional_head_needs_the_plan_env():
 
 
 # ---------------------------------------------------------------------------- learning
-@pytest.mark.parametrize("plan_head", ["factorised", "conditional"])
-def test_learns_the_best_target_for_each_pure_preference(plan_head):
+@pytest.mark.parametrize(
+    ("plan_head", "split_reward", "continuation"),
+    [
+        ("factorised", False, "plan"),
+        ("conditional", False, "plan"),
+        ("conditional", True, "target"),
+    ],
+)
+def test_learns_the_best_target_for_each_pure_preference(plan_head, split_reward, continuation):
     """Uniform preferences in training; then w = (1, 0) must offload and w = (0, 1) run locally."""
     config = DSACConfig(
         hidden=64, embed=32, batch_size=128, lr=1e-3, alpha_lr=1e-3,
-        learning_starts=256, updates_per_step=4, plan_head=plan_head,
+        learning_starts=256, updates_per_step=4, plan_head=plan_head, split_reward=split_reward,
+        continuation=continuation,
     )  # fmt: skip
     envs = gym.make_vec(LLM, num_envs=8, scenario=TWO_PLANS)
     agent = DiscreteSAC(envs, config, seed=0)
@@ -307,6 +319,70 @@ def test_learns_the_best_target_for_each_pure_preference(plan_head):
     for w, h in hits.items():
         assert len(h) >= 100
         assert np.mean(h) >= 0.9, f"w={w}: right target on {np.mean(h):.0%} of {len(h)} states"
+
+
+def test_split_reward_critic_learns_each_plans_immediate_cost():
+    """With split_reward the critic's first half regresses on the reward itself: after training,
+    its prediction for every open plan of fresh states matches the cost model's charge."""
+    config = DSACConfig(
+        hidden=64, embed=32, batch_size=128, lr=1e-3, alpha_lr=1e-3,
+        learning_starts=256, updates_per_step=4, plan_head="conditional", split_reward=True,
+    )  # fmt: skip
+    envs = gym.make_vec(LLM, num_envs=8, scenario=TWO_PLANS)
+    agent = DiscreteSAC(envs, config, seed=0)
+    agent.learn(envs, 2400, seed=0)
+    test = gym.make_vec(LLM, num_envs=16, scenario=TWO_PLANS, parallel=False)
+    core = test.unwrapped.core
+    obs, info = test.reset(seed=321)
+    w = torch.full((16, 2), 0.5)
+    masks = split_plan_masks(torch.as_tensor(info["plan_mask"]), agent.nvec, 16)
+    with torch.no_grad():
+        value, adv = agent.qf1(torch.as_tensor(obs), w, masks)
+    errors, scale = [], agent.scale.numpy()
+    for n in range(16):
+        plans = core.open_plans(n)
+        charged = -core.plan_costs(plans, n)[:, core.objective_index] / scale
+        with torch.no_grad():
+            q = agent.qf1.q_values(
+                value[n : n + 1].expand(len(plans), -1),
+                [a[n : n + 1].expand(len(plans), *a.shape[1:]) for a in adv],
+                torch.as_tensor(plans),
+            )
+        errors.append(np.abs(q[:, :2].numpy() - charged) / np.abs(charged).clip(min=0.1))
+    errors = np.concatenate(errors)
+    assert np.median(errors) < 0.15, np.median(errors, axis=0)
+
+
+@pytest.mark.parametrize("plan_head", ["factorised", "conditional"])
+def test_target_continuation_ranks_the_rest_of_the_plan_by_its_reward(plan_head):
+    """continuation="target": at a given target, Q - R is the same for every (split, tier,
+    policy), so the rest of the plan is ranked by the immediate reward alone; with "plan" it
+    is not."""
+    envs = gym.make_vec(LLM, num_envs=2, scenario="examples/rush-hour.yaml")
+    obs, info = envs.reset(seed=0)
+    plans = _joint_plans(envs.single_action_space.nvec)
+    spread = {}
+    for continuation in ("plan", "target"):
+        config = DSACConfig(
+            **SMALL, plan_head=plan_head, split_reward=True, continuation=continuation
+        )
+        agent = DiscreteSAC(envs, config, seed=0)
+        mask = info[agent.mask_key]
+        masks = agent._split_masks(torch.as_tensor(mask), agent.nvec, 2)
+        with torch.no_grad():
+            value, adv = agent._q(agent.qf1, torch.as_tensor(obs), torch.full((2, 2), 0.5), masks)
+            q = agent.qf1.q_values(
+                value[:1].expand(len(plans), -1),
+                [a[:1].expand(len(plans), *a.shape[1:]) for a in adv],
+                plans,
+            )
+        future = q[:, 2:]  # the continuation half
+        spread[continuation] = max(
+            float((future[plans[:, 0] == g] - future[plans[:, 0] == g][0]).abs().max())
+            for g in range(int(agent.nvec[0]))
+        )
+    assert spread["target"] == 0.0
+    assert spread["plan"] > 1e-4
 
 
 def test_gmorl_smoke_run():

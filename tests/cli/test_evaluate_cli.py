@@ -73,15 +73,18 @@ def test_evaluates_a_run_and_baselines_into_files(tiny_run, tmp_path):
 
 
 def test_a_conditional_plan_run_resumes_and_is_evaluated(tmp_path):
-    """--plan-head conditional is kept in the run (resume continues with it) and evaluate.py
-    rebuilds that head from the checkpoint."""
+    """--plan-head conditional and --split-reward are kept in the run (resume continues with
+    them) and evaluate.py rebuilds those networks from the checkpoint."""
     import torch
 
-    out = train(tmp_path / "cond", "--scenario", "tiny", "--plan-head", "conditional")
+    out = train(
+        tmp_path / "cond", "--scenario", "tiny", "--plan-head", "conditional", "--split-reward"
+    )
     again = run("train.py", "--resume", str(out), "--timesteps", "192", "--no-progress")
     assert again.returncode == 0, again.stderr[-3000:]
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
     assert ckpt["step"] == 192 and ckpt["agent"]["config"]["plan_head"] == "conditional"
+    assert ckpt["agent"]["config"]["split_reward"] is True
     result = run(
         "evaluate.py", str(out), "--baselines", "random", "--preferences", "3", "--episodes", "1",
         "--out", str(tmp_path / "eval"), "--no-progress",

@@ -124,6 +124,8 @@ def test_ctrl_c_writes_a_checkpoint(tmp_path):
         (["--plan-head", "conditional", "--algo", "ddpg"], "--plan-head conditional needs"),
         (["--plan-head", "conditional", "--env", "gmorl"], "--plan-head conditional needs"),
         (["--plan-head", "joint"], "--plan-head"),
+        (["--split-reward", "--algo", "ddpg"], "--split-reward needs --algo dsac"),
+        (["--continuation", "target"], "--continuation target needs --split-reward"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(tmp_path, args, fragment):
