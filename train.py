@@ -155,20 +155,15 @@ def build_parser():
     )
     ap.add_argument(
         "--plan-head",
-        default="factorised",
-        choices=("factorised", "conditional"),
-        help="--algo dsac on --env llm-offload: factorised (one independent head per plan part) or conditional (split, KV tier and expert policy chosen given the target, masked by info['plan_mask'], so no plan hits a fallback) (default: %(default)s)",
+        default="auto",
+        choices=("auto", "factorised", "conditional"),
+        help="--algo dsac: factorised (one independent head per plan part, the factorised action_mask) or conditional (--env llm-offload: split, KV tier and expert policy chosen given the target, masked by info['plan_mask'], so no plan falls back); auto: conditional on llm-offload, factorised on gmorl (default: %(default)s)",
     )
     ap.add_argument(
-        "--split-reward",
-        action="store_true",
-        help="--algo dsac: each critic predicts the immediate reward and the continuation separately (Q = R + C; R regresses on the reward itself), so plans are ranked by their immediate cost from a low-variance target",
-    )
-    ap.add_argument(
-        "--continuation",
-        default="plan",
-        choices=("plan", "target"),
-        help="--split-reward: the continuation depends on the whole plan, or on the target only (default: %(default)s)",
+        "--critic-split",
+        default="auto",
+        choices=("auto", "none", "plan", "target"),
+        help="--algo dsac: none (one Q per objective), plan (each critic predicts the immediate reward and the continuation of the whole plan, Q = R + C, R regressed on the reward itself) or target (the same with the continuation depending on the target only); auto: target on llm-offload, none on gmorl (default: %(default)s)",
     )
     ap.add_argument(
         "--device", default="cpu", help="torch device for the networks (default: %(default)s)"
@@ -211,12 +206,12 @@ def resolve_options(args) -> dict[str, Any]:
         fail(f"--gmorl-edges must be in 1..10, got {args.gmorl_edges}")
     if args.gmorl_cost_features and args.env != "gmorl":
         fail("--gmorl-cost-features needs --env gmorl")
-    if args.continuation != "plan" and not args.split_reward:
-        fail(f"--continuation {args.continuation} needs --split-reward")
-    if args.split_reward and args.algo != "dsac":
-        fail("--split-reward needs --algo dsac")
-    if args.plan_head != "factorised" and (args.algo != "dsac" or args.env != "llm-offload"):
-        fail(f"--plan-head {args.plan_head} needs --algo dsac and --env llm-offload")
+    if args.plan_head != "auto" and args.algo != "dsac":
+        fail(f"--plan-head {args.plan_head} needs --algo dsac")
+    if args.plan_head == "conditional" and args.env != "llm-offload":
+        fail("--plan-head conditional needs --env llm-offload (GMORL's action is the server only)")
+    if args.critic_split != "auto" and args.algo != "dsac":
+        fail(f"--critic-split {args.critic_split} needs --algo dsac")
     if args.domain_randomisation:
         if args.env != "llm-offload":
             fail(
@@ -233,6 +228,11 @@ def resolve_options(args) -> dict[str, Any]:
         if value is not None and not 0 < value <= 10:
             fail(f"--{name.replace('_', '-')} must be in (0, 10] GHz, got {value}")
     opts = {k: v for k, v in vars(args).items() if k != "resume"}
+    llm = args.env == "llm-offload"  # resolve "auto": the measured defaults (README)
+    if args.plan_head == "auto":
+        opts["plan_head"] = "conditional" if llm and args.algo == "dsac" else "factorised"
+    if args.critic_split == "auto":
+        opts["critic_split"] = "target" if llm and args.algo == "dsac" else "none"
     if args.preferences not in ("uniform", "gmorl"):
         try:
             weights = [float(x) for x in args.preferences.split(",")]
@@ -289,9 +289,10 @@ def make_agent(opts: dict[str, Any], env):
 
         config = DSACConfig(
             device=opts["device"],
+            # runs from before these options: factorised, one Q per objective
             plan_head=opts.get("plan_head", "factorised"),
-            split_reward=bool(opts.get("split_reward", False)),
-            continuation=opts.get("continuation", "plan"),
+            split_reward=opts.get("critic_split", "none") != "none",
+            continuation="target" if opts.get("critic_split") == "target" else "plan",
         )
         return DiscreteSAC(env, config, seed=opts["seed"]), config
     from agents.ddpg import MODDPG, DDPGConfig

@@ -73,18 +73,20 @@ def test_evaluates_a_run_and_baselines_into_files(tiny_run, tmp_path):
 
 
 def test_a_conditional_plan_run_resumes_and_is_evaluated(tmp_path):
-    """--plan-head conditional and --split-reward are kept in the run (resume continues with
-    them) and evaluate.py rebuilds those networks from the checkpoint."""
+    """--plan-head and --critic-split are kept in the run (resume continues with them) and
+    evaluate.py rebuilds those networks from the checkpoint."""
     import torch
 
     out = train(
-        tmp_path / "cond", "--scenario", "tiny", "--plan-head", "conditional", "--split-reward"
-    )
+        tmp_path / "cond", "--scenario", "tiny", "--plan-head", "conditional",
+        "--critic-split", "plan",
+    )  # fmt: skip
     again = run("train.py", "--resume", str(out), "--timesteps", "192", "--no-progress")
     assert again.returncode == 0, again.stderr[-3000:]
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
     assert ckpt["step"] == 192 and ckpt["agent"]["config"]["plan_head"] == "conditional"
     assert ckpt["agent"]["config"]["split_reward"] is True
+    assert ckpt["agent"]["config"]["continuation"] == "plan"
     result = run(
         "evaluate.py", str(out), "--baselines", "random", "--preferences", "3", "--episodes", "1",
         "--out", str(tmp_path / "eval"), "--no-progress",
@@ -93,6 +95,40 @@ def test_a_conditional_plan_run_resumes_and_is_evaluated(tmp_path):
     doc = json.loads((tmp_path / "eval" / "results.json").read_text())
     (scenario,) = doc["scenarios"].values()
     assert "Discrete-SAC [cond]" in scenario["metrics"]
+
+
+def test_a_run_from_before_the_plan_head_options_still_evaluates_and_resumes(tmp_path):
+    """Runs saved before --plan-head / --critic-split (no such keys in their config or
+    checkpoint) are factorised with one Q per objective, and load as such."""
+    import torch
+    import yaml
+
+    out = train(
+        tmp_path / "old",
+        "--scenario",
+        "tiny",
+        "--plan-head",
+        "factorised",
+        "--critic-split",
+        "none",
+    )
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    for key in ("plan_head", "split_reward", "continuation"):
+        del ckpt["agent"]["config"][key]
+    for key in ("plan_head", "critic_split"):
+        del ckpt["options"][key]
+    torch.save(ckpt, out / "checkpoint.pt")
+    doc = yaml.safe_load((out / "config.yaml").read_text())
+    for key in ("plan_head", "critic_split"):
+        del doc["options"][key]
+    (out / "config.yaml").write_text(yaml.safe_dump(doc))
+    result = run(
+        "evaluate.py", str(out), "--baselines", "none", "--preferences", "2", "--episodes", "1",
+        "--out", str(tmp_path / "eval"), "--no-progress",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = run("train.py", "--resume", str(out), "--timesteps", "192", "--no-progress")
+    assert again.returncode == 0, again.stderr[-3000:]
 
 
 def test_held_out_scenarios_report_the_gap_to_a_policy_trained_there(tiny_run, tmp_path):
