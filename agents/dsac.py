@@ -55,7 +55,11 @@ reward R_k(s, a, w) and the continuation C_k(s, a, w), with Q_k = R_k + C_k ever
 the critic loss regresses R_k on r and C_k on y - r (the sum of the two losses has the same
 minimiser for Q_k). The ranking of plans by what they cost now, which a myopic greedy gets
 exactly from the cost model, is then learnt from a target without the variance of the future
-term.
+term. With ``continuation="target"`` the continuation's advantages of every part but the target
+are 0: where a request runs shapes the future (slots, caches, queues), the rest of the plan is
+ranked by what it costs now (an approximation: a KV tier also holds capacity until the request
+ends). On rush-hour (150,000 steps) the conditional head, the split and the target continuation
+took the hypervolume from 0.8247 to 0.8285, 0.8326 and 0.8348 (greedy 0.8391); README.
 """
 
 from __future__ import annotations

@@ -238,6 +238,39 @@ def test_conditional_closed_forms_are_the_joint_sums():
             assert torch.allclose(a_pol[gi][masks[2][b, gi]].sum(0), torch.zeros(2), atol=1e-5)
 
 
+def test_conditional_scores_are_equivariant_to_server_order():
+    """Permuting the server rows (and the plan masks with them) permutes the target scores and
+    each target's conditional scores, and leaves local's unchanged."""
+    envs = gym.make_vec(LLM, num_envs=4)  # default: 4 of 8 server rows present
+    agent = DiscreteSAC(envs, DSACConfig(**SMALL, plan_head="conditional"), seed=0)
+    obs, info = envs.reset(seed=0)
+    lay, (g, ns, k, np_) = agent.layout, agent.nvec
+    perm = np.random.default_rng(0).permutation(lay.num_servers)
+    order = np.concatenate([[0], 1 + perm])  # target order after the permutation
+    rows = obs[:, lay.server_start :].reshape(len(obs), lay.num_servers, lay.server_dim)
+    obs_p = np.concatenate([obs[:, : lay.server_start], rows[:, perm].reshape(len(obs), -1)], 1)
+    m = info["plan_mask"]
+    t, pairs, pol = m[:, :g], m[:, g : g + g * ns * k], m[:, g + g * ns * k :]
+    m_p = np.concatenate(
+        [
+            t[:, order],
+            pairs.reshape(-1, g, ns * k)[:, order].reshape(len(m), -1),
+            pol.reshape(-1, g, np_)[:, order].reshape(len(m), -1),
+        ],
+        1,
+    )
+    w = torch.full((len(obs), 2), 0.5)
+    with torch.no_grad():
+        a = agent.actor(
+            torch.as_tensor(obs), w, split_plan_masks(torch.as_tensor(m), agent.nvec, 4)
+        )
+        b = agent.actor(
+            torch.as_tensor(obs_p), w, split_plan_masks(torch.as_tensor(m_p), agent.nvec, 4)
+        )
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(y, x[:, torch.as_tensor(order)], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_conditional_plans_never_fall_back(deterministic):
     """Busy rush-hour episodes: every plan the conditional head picks is open (no fallback),
