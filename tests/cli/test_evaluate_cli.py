@@ -129,6 +129,14 @@ def test_a_run_from_before_the_plan_head_options_still_evaluates_and_resumes(tmp
     assert result.returncode == 0, result.stderr[-3000:]
     again = run("train.py", "--resume", str(out), "--timesteps", "192", "--no-progress")
     assert again.returncode == 0, again.stderr[-3000:]
+    # a config.yaml that no longer matches the checkpoint: exit 2, one line, nothing lost
+    doc["options"]["plan_head"] = "conditional"
+    (out / "config.yaml").write_text(yaml.safe_dump(doc))
+    before = (out / "checkpoint.pt").read_bytes()
+    bad = run("train.py", "--resume", str(out), "--timesteps", "288", "--no-progress")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert "does not fit" in bad.stderr and "Traceback" not in bad.stderr
+    assert (out / "checkpoint.pt").read_bytes() == before
 
 
 def test_held_out_scenarios_report_the_gap_to_a_policy_trained_there(tiny_run, tmp_path):
