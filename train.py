@@ -154,6 +154,11 @@ def build_parser():
         help="--env gmorl: add two observation rows, the delay and energy each server would be charged for the current task now (-reward of that action; not in the paper)",
     )
     ap.add_argument(
+        "--gmorl-relative-costs",
+        action="store_true",
+        help="--algo dsac with --gmorl-cost-features: also give each server the preference-scalarised cost relative to the cheapest server's, inputs that stay in [0, 1] at CPU frequencies outside the training ranges (not in the paper)",
+    )
+    ap.add_argument(
         "--plan-head",
         default="auto",
         choices=("auto", "factorised", "conditional"),
@@ -206,6 +211,8 @@ def resolve_options(args) -> dict[str, Any]:
         fail(f"--gmorl-edges must be in 1..10, got {args.gmorl_edges}")
     if args.gmorl_cost_features and args.env != "gmorl":
         fail("--gmorl-cost-features needs --env gmorl")
+    if args.gmorl_relative_costs and not (args.gmorl_cost_features and args.algo == "dsac"):
+        fail("--gmorl-relative-costs needs --algo dsac and --gmorl-cost-features")
     if args.plan_head != "auto" and args.algo != "dsac":
         fail(f"--plan-head {args.plan_head} needs --algo dsac")
     if args.plan_head == "conditional" and args.env != "llm-offload":
@@ -293,6 +300,7 @@ def make_agent(opts: dict[str, Any], env):
             plan_head=opts.get("plan_head", "factorised"),
             split_reward=opts.get("critic_split", "none") != "none",
             continuation="target" if opts.get("critic_split") == "target" else "plan",
+            relative_costs=bool(opts.get("gmorl_relative_costs", False)),
         )
         return DiscreteSAC(env, config, seed=opts["seed"]), config
     from agents.ddpg import MODDPG, DDPGConfig

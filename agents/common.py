@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mec_env.envs.gmorl import COST_FEATURES, NUM_FEATURES
+
 __all__ = ["CheckpointMixin", "resolve_device", "ObsLayout", "objective_scale", "obs_layout"]
 
 
@@ -94,6 +96,12 @@ class ObsLayout:
     ``global_slice``: the request / device features; ``servers``: (rows, features per row) read
     from ``server_start`` on, row-major (LLMOffload) or, when ``transposed``, an observation of
     shape (features, rows) as GMORLOffload's.
+
+    ``cost_features``: positions in a row of the per-objective myopic costs of sending the
+    current task to that server (-reward of that action; GMORLOffload with
+    ``cost_features=True``), () when the env has none. ``cost_scale``: per-objective divisors
+    that turn them into the agent's utility units; when set (one per objective), the encoder
+    adds the relative scalarised cost inputs of :class:`agents.networks.ServerSetEncoder`.
     """
 
     global_dim: int
@@ -101,6 +109,8 @@ class ObsLayout:
     server_dim: int
     server_start: int = 0
     transposed: bool = False
+    cost_features: tuple[int, ...] = ()
+    cost_scale: tuple[float, ...] = ()
 
     def split(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(global (N, global_dim), servers (N, num_servers, server_dim)) of a batch."""
@@ -127,7 +137,17 @@ def obs_layout(env) -> ObsLayout:
     space = getattr(u, "single_observation_space", None) or u.observation_space
     if len(space.shape) == 2:  # GMORLOffload: (features, servers)
         features, rows = space.shape
-        return ObsLayout(global_dim=0, num_servers=rows, server_dim=features, transposed=True)
+        core = getattr(u, "core", None)
+        costs: tuple[int, ...] = ()
+        if getattr(core, "cost_features", False):
+            costs = tuple(range(NUM_FEATURES, NUM_FEATURES + len(COST_FEATURES)))
+        return ObsLayout(
+            global_dim=0,
+            num_servers=rows,
+            server_dim=features,
+            transposed=True,
+            cost_features=costs,
+        )
     raise ValueError(f"no known observation layout for {type(u).__name__} with space {space}")
 
 

@@ -68,7 +68,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -131,6 +131,10 @@ class DSACConfig:
         continuation: with ``split_reward``, whether the continuation C depends on the whole
             plan ("plan") or on the target only ("target": the rest of the plan is then ranked
             by its immediate reward alone; the target still by R + C).
+        relative_costs: GMORLOffload with ``cost_features=True`` only: give every server row the
+            preference-scalarised myopic cost relative to the best server's
+            (:class:`agents.networks.ServerSetEncoder`), inputs whose range does not move with
+            the CPU frequencies and link rates (not in GMORL).
         device: torch device ("cpu", or "cuda" when available; falls back to CPU with a warning).
     """
 
@@ -152,6 +156,7 @@ class DSACConfig:
     plan_head: str = "factorised"
     split_reward: bool = False
     continuation: str = "plan"
+    relative_costs: bool = False
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -220,7 +225,16 @@ class DiscreteSAC(CheckpointMixin):
         self.obs_dim = int(np.prod(self.obs_shape))
         self.layout = obs_layout(env)
         self.reward_dim = int(getattr(env, "unwrapped", env).reward_dim)
-        self.scale = torch.as_tensor(objective_scale(env), dtype=torch.float32, device=self.device)
+        scale = objective_scale(env)
+        self.scale = torch.as_tensor(scale, dtype=torch.float32, device=self.device)
+        if cfg.relative_costs:
+            if len(self.layout.cost_features) != self.reward_dim:
+                raise ValueError(
+                    "relative_costs needs an env whose observation holds one myopic cost per "
+                    "objective (GMORLOffload with cost_features=True)"
+                )
+            # the scale is also a buffer of the encoders: a loaded agent keeps its training one
+            self.layout = replace(self.layout, cost_scale=tuple(float(x) for x in scale))
 
         conditional = cfg.plan_head == "conditional"
         if conditional and self.discrete:

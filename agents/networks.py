@@ -33,6 +33,7 @@ Public names (stable; ``agents.ddpg`` imports the encoder): ``ServerSetEncoder``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -61,6 +62,7 @@ __all__ = [
     "target_has_local",
 ]
 
+RELATIVE_COST_INPUTS = 3  # per-row inputs added by ServerSetEncoder's relative costs
 MASKED_LOGIT = -1e9  # logit of a masked choice: exp() underflows to exactly 0 in float32
 
 
@@ -109,6 +111,17 @@ class ServerSetEncoder(nn.Module):
     Attributes:
         context_dim, embed_dim: sizes of the two outputs.
 
+    Relative costs (``layout.cost_scale`` set, with ``layout.cost_features``): each present
+    row also gets three inputs from the env's myopic per-objective costs ``c_j`` of sending the
+    current task to server j, scalarised by the preference in the agent's units,
+    ``u_j = sum_d w_d c_jd / cost_scale_d``: ``(u_j - min u) / (max u - min u)``,
+    ``min u / u_j`` and ``[u_j = min u]`` (min and max over the present rows; all three 0 when
+    no task waits). They are invariant to a common scale of the costs, so CPU frequencies or
+    link rates outside the training ranges, which move the costs' magnitudes, leave them in
+    [0, 1]; the product ``w * c``, which an MLP fed ``w`` and ``c`` separately only
+    approximates inside the ranges it saw, is computed exactly. The scale is a buffer: a loaded
+    network keeps the one it was trained with.
+
     Call ``encoder(obs, weights, extra=None)`` with ``obs`` (B, obs_dim) flat float (GMORL's
     (features, servers) observations flattened row-major) and ``weights`` (B, pref_dim): the
     preference, or any conditioning vector of that length (e.g. preference + action); returns an
@@ -132,8 +145,31 @@ class ServerSetEncoder(nn.Module):
         self.context_dim = int(hidden)
         self.embed_dim = int(embed)
         cond = layout.global_dim + self.pref_dim
+        self.relative_costs = bool(layout.cost_scale)
+        if self.relative_costs:
+            if len(layout.cost_scale) != len(layout.cost_features) or not layout.cost_features:
+                raise ValueError(
+                    f"layout.cost_scale {layout.cost_scale} needs one cost feature per "
+                    f"objective, the layout has {layout.cost_features}"
+                )
+            if len(layout.cost_scale) > self.pref_dim:
+                raise ValueError(
+                    f"relative costs need the preference ({len(layout.cost_scale)} objectives) "
+                    f"in the weights, pref_dim is {self.pref_dim}"
+                )
+            self.register_buffer("cost_scale", torch.tensor(layout.cost_scale, dtype=torch.float32))
+            self.register_buffer(
+                "cost_index",
+                torch.tensor(layout.cost_features, dtype=torch.long),
+                persistent=False,
+            )
+        row_in = (
+            layout.server_dim
+            + self.row_extra
+            + (RELATIVE_COST_INPUTS if self.relative_costs else 0)
+        )
         # phi's first layer on [row, g, w] = row part (per row) + condition part (once per sample)
-        self.phi_row = nn.Linear(layout.server_dim + self.row_extra, embed)
+        self.phi_row = nn.Linear(row_in, embed)
         self.phi_cond = nn.Linear(cond, embed, bias=False)
         self.phi = nn.Sequential(
             nn.ReLU(), nn.Linear(embed, embed), nn.ReLU(), nn.Linear(embed, embed), nn.ReLU()
@@ -160,11 +196,32 @@ class ServerSetEncoder(nn.Module):
         )
         return obs[:, : layout.global_dim], servers
 
+    def relative_cost_inputs(self, rows: Tensor, weights: Tensor, present: Tensor) -> Tensor:
+        """(B, num_servers, 3) relative scalarised costs of the rows (class docstring)."""
+        d = self.cost_scale.shape[0]
+        costs = rows.index_select(-1, self.cost_index) / self.cost_scale  # (B, S, D)
+        u = (costs * weights[:, None, :d]).sum(-1)  # (B, S)
+        low = torch.where(present, u, torch.full_like(u, math.inf)).amin(1, keepdim=True)
+        high = torch.where(present, u, torch.full_like(u, -math.inf)).amax(1, keepdim=True)
+        low, high = low.clamp(min=0.0), high.clamp(min=0.0)  # no present row: 0
+        has_task = (high > 0.0) & present
+        spread = high - low
+        gap = torch.where(spread > 0.0, (u - low) / spread.clamp(min=1e-12), torch.zeros_like(u))
+        ratio = torch.where(u > 0.0, low / u.clamp(min=1e-12), torch.ones_like(u))
+        best = (u <= low).to(u.dtype)
+        out = torch.stack([gap, ratio, best], dim=-1)
+        return out * has_task.unsqueeze(-1).to(u.dtype)
+
     def forward(self, obs: Tensor, weights: Tensor, extra: Tensor | None = None) -> EncoderOutput:
         g, rows = self.split(obs)
         cond = torch.cat([g, weights], dim=-1)  # (B, global + pref)
         present = rows[..., self.present_feature] > 0.5
-        x = self.phi_row(rows if extra is None else torch.cat([rows, extra], dim=-1))
+        parts = [rows]
+        if extra is not None:
+            parts.append(extra)
+        if self.relative_costs:
+            parts.append(self.relative_cost_inputs(rows, weights, present))
+        x = self.phi_row(parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1))
         x = x + self.phi_cond(cond).unsqueeze(1)
         emb = self.phi(x) * present.unsqueeze(-1)  # absent rows: 0 (embeddings are >= 0)
         count = present.sum(dim=1, keepdim=True).clamp(min=1)

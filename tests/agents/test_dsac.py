@@ -8,13 +8,17 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mec_env  # noqa: F401  (registers the environments)
+from agents.common import ObsLayout, obs_layout
 from agents.dsac import DiscreteSAC, DSACConfig
 from agents.networks import (
     BranchingVectorCritic,
     ConditionalPlanCritic,
     ConditionalPlanPolicy,
+    ServerSetEncoder,
     split_masks,
     split_plan_masks,
 )
@@ -439,8 +443,8 @@ def _same_state(a: DiscreteSAC, b: DiscreteSAC) -> None:
         for k in sa[name]:
             assert torch.equal(sa[name][k], sb[name][k]), f"{name}.{k}"
     for name in ("actor_optimizer", "critic_optimizer", "alpha_optimizer"):
-        for k, st in sa[name]["state"].items():
-            for key, v in st.items():
+        for k, state in sa[name]["state"].items():
+            for key, v in state.items():
                 assert torch.equal(torch.as_tensor(v), torch.as_tensor(sb[name]["state"][k][key]))
     for k, v in sa["buffer"].items():
         assert np.array_equal(v, sb["buffer"][k]), k
@@ -507,3 +511,82 @@ def test_trains_on_cuda():
     logs = agent.learn(envs, 8 * 20, seed=0)
     assert agent.device.type == "cuda" and logs["updates"] > 0
     assert all(np.isfinite(v) for v in logs.values())
+
+
+# ---------------------------------------------------------------------------- relative costs
+@settings(max_examples=60, deadline=None)
+@given(
+    costs=st.lists(
+        st.tuples(st.floats(0.01, 100.0), st.floats(0.01, 100.0)), min_size=1, max_size=6
+    ),
+    absent=st.lists(st.booleans(), min_size=6, max_size=6),
+    w_delay=st.floats(0.0, 1.0),
+    factor=st.floats(0.05, 20.0),
+)
+def test_relative_costs_mark_the_cheapest_server_and_ignore_a_common_scale(
+    costs, absent, w_delay, factor
+):
+    """Rows (features, servers) = [present, delay, energy]: the inputs name the server with the
+    least w . c / scale, lie in [0, 1], are 0 on absent rows, and do not move when every cost
+    is multiplied by the same factor (what faster or slower CPUs do to their magnitudes)."""
+    s = len(costs)
+    present = np.array([not absent[j] for j in range(s)])
+    present[0] = True
+    layout = ObsLayout(
+        global_dim=0, num_servers=s, server_dim=3, transposed=True,
+        cost_features=(1, 2), cost_scale=(0.5, 4.0),
+    )  # fmt: skip
+    enc = ServerSetEncoder(layout, pref_dim=2, hidden=8, embed=8)
+    c = np.array(costs, dtype=np.float32) * present[:, None]
+    w = torch.tensor([[w_delay, 1.0 - w_delay]])
+
+    def inputs(scale: float) -> np.ndarray:
+        obs = np.concatenate([present[None].astype(np.float32), scale * c.T]).reshape(1, -1)
+        _, rows = enc.split(torch.as_tensor(obs))
+        return enc.relative_cost_inputs(rows, w, rows[..., 0] > 0.5)[0].numpy()
+
+    x = inputs(1.0)
+    u = (c / np.array([0.5, 4.0])) @ np.array([w_delay, 1.0 - w_delay])
+    u_min = u[present].min()
+    assert ((x >= 0) & (x <= 1 + 1e-6)).all()
+    assert (x[~present] == 0).all()
+    if u_min > 0:
+        cheapest = present & (u <= u_min * (1 + 1e-5))
+        assert x[np.flatnonzero(x[:, 2])].shape[0] >= 1
+        assert cheapest[np.flatnonzero(x[:, 2])].all()
+        assert x[present, 1] == pytest.approx(u_min / u[present], rel=1e-4)
+    np.testing.assert_allclose(inputs(factor), x, atol=1e-4)
+
+
+def test_relative_costs_are_zero_when_no_task_waits():
+    layout = ObsLayout(
+        global_dim=0, num_servers=3, server_dim=3, transposed=True,
+        cost_features=(1, 2), cost_scale=(1.0, 1.0),
+    )  # fmt: skip
+    enc = ServerSetEncoder(layout, pref_dim=2, hidden=8, embed=8)
+    obs = torch.zeros(1, 3, 3)
+    obs[0, 0] = 1.0  # three present servers, no costs
+    _, rows = enc.split(obs.reshape(1, -1))
+    x = enc.relative_cost_inputs(rows, torch.tensor([[0.5, 0.5]]), rows[..., 0] > 0.5)
+    assert torch.equal(x, torch.zeros(1, 3, 3))
+
+
+def test_relative_costs_need_the_cost_rows_and_keep_their_training_scale(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="relative_costs needs"):
+        DiscreteSAC(gym.make_vec(GMORL, num_envs=2), DSACConfig(**SMALL, relative_costs=True))
+    train_env = gym.make_vec(GMORL, num_envs=2, cost_features=True, num_edges=3)
+    assert obs_layout(train_env).cost_features == (69, 70)
+    agent = DiscreteSAC(train_env, DSACConfig(**SMALL, relative_costs=True), seed=0)
+    agent.save(tmp_path / "a.pt")
+    # where the env loaded into measures another objective_scale, the networks keep the
+    # training one
+    test_env = gym.make_vec(GMORL, num_envs=2, cost_features=True, num_edges=3, ranges="test")
+    monkeypatch.setattr("agents.dsac.objective_scale", lambda env: np.array([9.0, 0.1]))
+    fresh = DiscreteSAC(test_env, agent.config)
+    assert torch.equal(fresh.actor.encoder.cost_scale, torch.tensor([9.0, 0.1]))
+    loaded = DiscreteSAC.load(tmp_path / "a.pt", test_env)
+    for net in (loaded.actor, loaded.qf1, loaded.qf2_target):
+        assert torch.equal(net.encoder.cost_scale, agent.actor.encoder.cost_scale)
+    obs, info = test_env.reset(seed=3)
+    w = np.array([0.3, 0.7])
+    assert np.array_equal(agent.act(obs, None, w, True), loaded.act(obs, None, w, True))

@@ -120,6 +120,7 @@ def test_ctrl_c_writes_a_checkpoint(tmp_path):
         (["--resume", "/no/such/run"], "--resume"),
         (["--gmorl-edges", "99", "--env", "gmorl"], "--gmorl-edges"),
         (["--gmorl-cost-features"], "--gmorl-cost-features needs --env gmorl"),
+        (["--env", "gmorl", "--gmorl-relative-costs"], "--gmorl-relative-costs needs"),
         (["--timesteps", "ten"], "--timesteps"),
         (["--preferences", "1,-1"], "--preferences"),
         (["--preferences", "lots"], "--preferences"),
