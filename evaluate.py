@@ -293,6 +293,7 @@ def llm_scenario(source, episode_requests: int | None, what: str):
 
 def make_policy(run: Run, spec: EnvSpec, env):
     """The run's deterministic policy acting in ``env``; exit 2 if it cannot act there."""
+    from agents.common import first_line
     from agents.ddpg import MODDPG, DDPGConfig
     from agents.dsac import DiscreteSAC, DSACConfig
 
@@ -306,10 +307,9 @@ def make_policy(run: Run, spec: EnvSpec, env):
             agent = MODDPG(env, DDPGConfig(), seed=0)
         agent.load_state_dict(run.checkpoint["agent"])
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         fail(
             f"run {str(run.path)!r}: its {run.algo} networks do not fit the observation space {space.shape} "
-            f"of {spec.label} ({first})"
+            f"of {spec.label} ({first_line(e)})"
         )
 
     def policy(obs, info, weights):

@@ -411,8 +411,11 @@ def train(opts: dict[str, Any]) -> Path:
         try:
             agent.load_state_dict(ckpt["agent"])
         except (RuntimeError, KeyError, ValueError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            fail(f"--resume: the checkpoint in {str(out)!r} does not fit its config.yaml ({first})")
+            from agents.common import first_line
+
+            fail(
+                f"--resume: the checkpoint in {str(out)!r} does not fit its config.yaml ({first_line(err)})"
+            )
         step, episodes, start_wall = ckpt["step"], ckpt["episodes"], ckpt["wall_s"]
         rng.bit_generator.state = ckpt["rng"]
         prefs.weights = ckpt["preferences"]

@@ -25,7 +25,14 @@ import numpy as np
 
 from mec_env.envs.gmorl import COST_FEATURES, NUM_FEATURES
 
-__all__ = ["CheckpointMixin", "resolve_device", "ObsLayout", "objective_scale", "obs_layout"]
+__all__ = [
+    "CheckpointMixin",
+    "ObsLayout",
+    "first_line",
+    "objective_scale",
+    "obs_layout",
+    "resolve_device",
+]
 
 
 SCALE_EPISODES = 4  # random-policy episodes that measure the typical per-request cost
@@ -149,6 +156,13 @@ def obs_layout(env) -> ObsLayout:
             cost_features=costs,
         )
     raise ValueError(f"no known observation layout for {type(u).__name__} with space {space}")
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of ``err``'s message, or its type's name when it has none: what a CLI's
+    one-line error quotes of a deeper failure (a state dict that does not fit, say)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def resolve_device(name: str):

@@ -155,6 +155,8 @@ def test_help_documents_every_option():
         "--preferences",
         "--out",
         "--resume",
+        "--gmorl-cost-features",
+        "--gmorl-relative-costs",
     ):
         assert option in result.stdout
 
