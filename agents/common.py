@@ -183,8 +183,8 @@ def resolve_device(name: str):
 class CheckpointMixin:
     """``save`` / ``load`` of a learning agent's :meth:`state_dict` with ``torch.save``.
 
-    The file loads with ``weights_only=True``: the replay buffer's numpy arrays are stored as
-    tensors. A subclass names its config dataclass in ``CONFIG_CLASS``.
+    The file loads with ``weights_only=True``: the replay buffer's state holds tensors
+    (:meth:`agents.buffer.ReplayBuffer.state_dict`). A subclass names its config dataclass in ``CONFIG_CLASS``.
     """
 
     CONFIG_CLASS: type
@@ -193,12 +193,7 @@ class CheckpointMixin:
         """Write :meth:`state_dict` with ``torch.save`` (loadable with ``weights_only=True``)."""
         import torch
 
-        state = self.state_dict()
-        state["buffer"] = {
-            k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
-            for k, v in state["buffer"].items()
-        }
-        torch.save(state, path)
+        torch.save(self.state_dict(), path)
 
     @classmethod
     def load(cls, path, env, device: str | None = None):
@@ -206,9 +201,6 @@ class CheckpointMixin:
         import torch
 
         state = torch.load(path, map_location="cpu", weights_only=True)
-        state["buffer"] = {
-            k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in state["buffer"].items()
-        }
         config = cls.CONFIG_CLASS(**state["config"])
         if device is not None:
             config.device = device
