@@ -5,8 +5,9 @@ A ring buffer of numpy arrays filled a batch of transitions at a time (one per p
 
 The state holds the arrays as CPU tensors (copies), not numpy arrays: ``torch.save`` writes a
 tensor's storage as it is, but pickles a numpy array through a bytes copy that it grows in
-memory. For a full GMORL buffer (100,000 x 781 floats twice) that made every checkpoint ~6x
-slower, 1.3M page faults and a third larger (``benchmarks/checkpoint.py``).
+memory. For a full GMORL buffer (100,000 x 781 floats twice) that made every checkpoint 7.5x
+slower (idle machine; 10-12x beside a training run), with 1.3M page faults, and a third larger
+(``benchmarks/checkpoint.py``).
 """
 
 from __future__ import annotations

@@ -184,7 +184,8 @@ class CheckpointMixin:
     """``save`` / ``load`` of a learning agent's :meth:`state_dict` with ``torch.save``.
 
     The file loads with ``weights_only=True``: the replay buffer's state holds tensors
-    (:meth:`agents.buffer.ReplayBuffer.state_dict`). A subclass names its config dataclass in ``CONFIG_CLASS``.
+    (:meth:`agents.buffer.ReplayBuffer.state_dict`). A subclass names its config dataclass in
+    ``CONFIG_CLASS``.
     """
 
     CONFIG_CLASS: type

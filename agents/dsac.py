@@ -134,8 +134,8 @@ class DSACConfig:
         relative_costs: GMORLOffload with ``cost_features=True`` only: give every server row the
             preference-scalarised myopic cost relative to the best server's
             (:class:`agents.networks.ServerSetEncoder`), inputs whose range does not move with
-            the CPU frequencies and link rates (not in GMORL). Unseen-frequency gap over three
-            seeds: -0.57 / 6.0 / -0.15 % (README, "Relative costs").
+            the CPU frequencies and link rates (not in GMORL). Unseen-frequency gap over five
+            seeds: -0.57 / 6.0 / -0.15 / 3.1 / 0.9 % (README, "Relative costs").
         device: torch device ("cpu", or "cuda" when available; falls back to CPU with a warning).
     """
 
