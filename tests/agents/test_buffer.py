@@ -47,7 +47,6 @@ def test_state_is_tensors_that_survive_torch_save_and_later_adds():
     state = buf.state_dict()
     assert all(isinstance(state[name], torch.Tensor) for name in ReplayBuffer._ARRAYS)
     snapshot = {name: state[name].clone() for name in ReplayBuffer._ARRAYS}
-    more = _filled(added=0)
     buf.add(np.zeros((1, 2)), np.zeros((1, 2)), np.zeros((1, 2)), np.zeros((1, 2)),
             np.zeros(1), np.zeros((1, 2)), np.ones((1, 3), bool), np.ones((1, 3), bool))  # fmt: skip
     for name in ReplayBuffer._ARRAYS:  # a copy: the add above did not change it
@@ -55,6 +54,7 @@ def test_state_is_tensors_that_survive_torch_save_and_later_adds():
     blob = io.BytesIO()
     torch.save(state, blob)
     blob.seek(0)
+    more = _filled(added=0)
     more.load_state_dict(torch.load(blob, weights_only=True))
     restored = _filled()
     for name in ReplayBuffer._ARRAYS:
