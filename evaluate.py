@@ -245,22 +245,28 @@ class EnvSpec:
     label: str = ""
 
     def make(self, algo: str | None, num_envs: int, run: Run | None = None):
-        """A vector env of this spec for ``algo``; for a GMORL ``run`` trained with cost
-        features, with those observation rows."""
+        """A vector env of this spec for ``algo``; for a ``run`` trained with cost features,
+        with those observations."""
         import gymnasium as gym
 
         import mec_env  # noqa: F401
 
         env_id = ENV_IDS[(self.family, algo)]
-        if self.family == "llm-offload":
-            return gym.make_vec(env_id, num_envs=num_envs, scenario=self.scenario, parallel=False)
         extra = {"cost_features": True} if has_cost_features(run) else {}
+        if self.family == "llm-offload":
+            return gym.make_vec(
+                env_id, num_envs=num_envs, scenario=self.scenario, parallel=False, **extra
+            )
         return gym.make_vec(env_id, num_envs=num_envs, **self.gmorl, **extra)
 
 
 def has_cost_features(run: Run | None) -> bool:
-    """Whether ``run`` (a GMORL run) was trained with ``--gmorl-cost-features``."""
-    return bool(run is not None and run.options.get("gmorl_cost_features"))
+    """Whether ``run`` was trained with cost features (``--cost-features`` on the main env,
+    ``--gmorl-cost-features`` on GMORL)."""
+    return bool(
+        run is not None
+        and (run.options.get("gmorl_cost_features") or run.options.get("cost_features"))
+    )
 
 
 def parse_gmorl_variant(text: str) -> dict[str, Any]:

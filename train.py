@@ -159,6 +159,11 @@ def build_parser():
         help="--algo dsac with --gmorl-cost-features: also give each server the preference-scalarised cost relative to the cheapest server's, inputs that stay in [0, 1] at CPU frequencies outside the training ranges (not in the paper)",
     )
     ap.add_argument(
+        "--cost-features",
+        action="store_true",
+        help="--env llm-offload: append to the observation, for the local target and each server, what the cost model predicts the current request would cost there now (the knowledge greedy myopic acts on; LLMOffloadEnv's cost_features; not the default)",
+    )
+    ap.add_argument(
         "--plan-head",
         default="auto",
         choices=("auto", "factorised", "conditional"),
@@ -213,6 +218,8 @@ def resolve_options(args) -> dict[str, Any]:
         fail("--gmorl-cost-features needs --env gmorl")
     if args.gmorl_relative_costs and not (args.gmorl_cost_features and args.algo == "dsac"):
         fail("--gmorl-relative-costs needs --algo dsac and --gmorl-cost-features")
+    if args.cost_features and args.env != "llm-offload":
+        fail("--cost-features needs --env llm-offload (GMORL's are --gmorl-cost-features)")
     if args.plan_head != "auto" and args.algo != "dsac":
         fail(f"--plan-head {args.plan_head} needs --algo dsac")
     if args.plan_head == "conditional" and args.env != "llm-offload":
@@ -269,13 +276,17 @@ def make_vec_env(opts: dict[str, Any], num_envs: int, for_eval: bool = False):
 
     env_id = ENVS[opts["env"]][1 if opts["algo"] == "ddpg" else 0]
     kwargs: dict[str, Any] = {}
+    if opts["env"] == "llm-offload" and opts.get("cost_features"):
+        kwargs["cost_features"] = True
     if opts["env"] == "llm-offload" and opts.get("domain_randomisation") and not for_eval:
         from mec_env.randomisation import MixedScenarioVectorEnv, randomised_scenarios
 
         variants = randomised_scenarios(
             opts["scenario_obj"], opts["domain_randomisation"], opts["seed"], opts["dr_spread"]
         )
-        return MixedScenarioVectorEnv(variants, num_envs, continuous=opts["algo"] == "ddpg")
+        return MixedScenarioVectorEnv(
+            variants, num_envs, continuous=opts["algo"] == "ddpg", **kwargs
+        )
     if opts["env"] == "llm-offload":
         kwargs["scenario"] = opts["scenario_obj"]
     else:

@@ -205,7 +205,7 @@ class Baseline:
         """The obs handed in must be the bound env's current one (the state read is the core's)."""
         if obs is None:
             return
-        mine = np.asarray(self.core.obs).reshape(self.num_envs, -1)
+        mine = np.asarray(self.core.observation()).reshape(self.num_envs, -1)
         obs = np.asarray(obs)
         if obs.size != mine.size or not np.array_equal(obs.reshape(mine.shape), mine):
             raise ValueError(

@@ -495,3 +495,47 @@ def step_parallel(
                 ok_st, ok_p, masks, flags, free, obs, costs, plan, fallback, reward,
         )  # fmt: skip
     return 1 if refill.max() > 0 else 0
+
+
+@njit(cache=True)
+def target_costs(
+    fp, env_i, env_f, remaining, busy, cache_model, dg, res_of_target, plan_coef, split_coef,
+    model_f, dev_f, tgt_f, ok_st, ok_p, masks, flags, objective_index, out,
+):  # fmt: skip
+    """For every env n and target g: ``out[n, g, j, :]`` = the objectives' costs of the open
+    plan on g that is cheapest in objective j (the first in index order on ties), as
+    :func:`plan_costs` predicts them; inf where g is closed or the request is rejected.
+    ``out`` is (N, G, O, O) with O = len(objective_index)."""
+    N, G, NS, K = ok_st.shape
+    NP = ok_p.shape[2]
+    O = objective_index.shape[0]
+    frac = np.zeros(K)
+    buf = np.empty(6)
+    for n in range(N):
+        out[n] = math.inf
+        if flags[n, FL_REJECTING]:
+            continue
+        d = env_i[n, RQ_DEVICE]
+        tx = dev_f[d, DV_TX_W]
+        for g in range(G):
+            if not masks[n, g]:
+                continue
+            best = out[n, g]
+            for s in range(NS):
+                for k in range(K):
+                    if not ok_st[n, g, s, k]:
+                        continue
+                    for kk in range(K):
+                        frac[kk] = 1.0 if kk == k else 0.0
+                    for p in range(NP):
+                        if not ok_p[n, g, p]:
+                            continue
+                        _plan_cost(
+                            n, g, s, k, p, frac, 1.0, tx, fp, env_i, env_f, remaining, busy,
+                            cache_model, dg, res_of_target, plan_coef, split_coef, model_f,
+                            dev_f, tgt_f, buf,
+                        )  # fmt: skip
+                        for j in range(O):
+                            if buf[objective_index[j]] < best[j, j]:
+                                for i in range(O):
+                                    best[j, i] = buf[objective_index[i]]

@@ -79,14 +79,22 @@ class OffloadCore:
         "cache_holds_model",
     )
 
-    def __init__(self, scenario, num_envs: int, parallel: bool | None = None) -> None:
+    def __init__(
+        self, scenario, num_envs: int, parallel: bool | None = None, cost_features: bool = False
+    ) -> None:
         """Args:
         scenario: a validated :class:`mec_env.scenario.Scenario`.
         num_envs: number of independent worlds stepped together.
         parallel: spread the envs of a step over numba's threads (the result is identical);
             None (default) does so from ``PARALLEL_MIN_ENVS`` envs up when numba has more than
             one thread (``NUMBA_NUM_THREADS``).
+        cost_features: :meth:`observation` appends, to the request features (the local
+            target) and to each server row, the cost model's predictions for that target
+            (:meth:`target_cost_features`; not part of :attr:`obs`, which the kernels write).
         """
+        if not isinstance(cost_features, (bool, np.bool_)):
+            raise ValueError(f"cost_features must be a bool, got {cost_features!r}")
+        self.cost_features = bool(cost_features)
         self.scenario = sc = scenario
         self.n = int(num_envs)
         if parallel is None:
@@ -228,6 +236,22 @@ class OffloadCore:
         )
         return len(self.REQUEST_FEATURES), self.max_servers, per
 
+    @property
+    def num_cost_features(self) -> int:
+        """Cost features per target in :meth:`observation` (0 without ``cost_features``): for
+        each objective j, the costs of all O objectives of the target's plan cheapest in j
+        (O x O), then for each j the cheapest target's cost in j over this target's (O)."""
+        o = len(self.objective_index)
+        return o * o + o if self.cost_features else 0
+
+    def observation_layout(self) -> tuple[int, int, int]:
+        """(request features, server rows, features per server row) of :meth:`observation`:
+        :meth:`observation_size` plus :attr:`num_cost_features` in the request part and in
+        each row."""
+        nreq, ns, per = self.observation_size()
+        f = self.num_cost_features
+        return nreq + f, ns, per + f
+
     # ---------------------------------------------------------------- state
     def _alloc(self) -> None:
         n, nr, R, G = self.n, self.num_resources, self.R, self.num_targets
@@ -253,6 +277,11 @@ class OffloadCore:
         self.free_bytes = np.zeros((n, G, K))
         nreq, S, per = self.observation_size()
         self.obs = np.zeros((n, nreq + S * per), dtype=np.float32)
+        O = len(self.objective_index)
+        self.target_costs = np.full((n, G, O, O), np.inf)
+        self._cost_bound = self.reward_bounds()[self.objective_index]
+        nreq_c, _, per_c = self.observation_layout()
+        self.obs_costs = np.zeros((n, nreq_c + S * per_c), dtype=np.float32)
         self.costs = np.zeros((n, 4))
         self.plan = np.zeros((n, 4), dtype=np.int64)
         self.fallback = np.zeros((n, 4), dtype=bool)
@@ -303,6 +332,7 @@ class OffloadCore:
         sel = slice(None) if idx is None else idx
         for name in self.STATE_ARRAYS:
             getattr(self, name)[sel] = state[name]
+        self._update_cost_features()
 
     def copy_rows(self, src, dst) -> None:
         """Copy the state of envs ``src`` onto envs ``dst`` (int arrays of equal length, or an
@@ -310,6 +340,7 @@ class OffloadCore:
         for name in self.STATE_ARRAYS:
             a = getattr(self, name)
             a[dst] = a[src]
+        self._update_cost_features()
 
     # views by name
     @property
@@ -377,6 +408,7 @@ class OffloadCore:
             self.trace_cursor[idx] = rng.integers(0, len(self.trace.time_s), idx.size)
         self._refill(rng, idx)
         self._prepare(idx, advance_first=False)
+        self._update_cost_features()
 
     def _refill(self, rng: np.random.Generator, idx: np.ndarray) -> None:
         cursor = self.trace_cursor[idx] if self.trace is not None else None
@@ -447,6 +479,59 @@ class OffloadCore:
         then one row per server slot; see ``LLMOffloadEnv``'s card for the layout."""
         return self.obs
 
+    def observation(self) -> np.ndarray:
+        """(N, obs_dim) float32 in [0, 1]: what the envs return, a view of an internal buffer.
+        :attr:`obs` without ``cost_features``; with them, :attr:`obs` with
+        :meth:`target_cost_features` appended to the request features (the local target) and
+        to each server row (:meth:`observation_layout`)."""
+        return self.obs_costs if self.cost_features else self.obs
+
+    def target_cost_features(self) -> np.ndarray:
+        """(N, targets, num_cost_features) float32 in [0, 1], from :attr:`target_costs` (the
+        cost model's prediction for the current request, as greedy myopic sees it). Per
+        objective j, first the costs c_i of all objectives i of the target's plan cheapest in
+        j, as log1p(c_i / u_i) / log1p(1e4) with u_i = 1e-4 x the reward bound of i (1: closed
+        target); then per j the cheapest open target's cost in j over this one's (1: this is
+        the cheapest; 0: closed)."""
+        c = self.target_costs  # (N, G, O, O)
+        n, G, O, _ = c.shape
+        bound = self._cost_bound
+        with np.errstate(invalid="ignore", over="ignore"):
+            absolute = np.log1p(c * (1e4 / bound)) / np.log1p(1e4)
+        absolute = np.where(np.isfinite(absolute), np.clip(absolute, 0.0, 1.0), 1.0)
+        own = c[:, :, np.arange(O), np.arange(O)]  # (N, G, O): each target's cheapest in j
+        eps = bound * 1e-9
+        best = own.min(axis=1, keepdims=True)
+        with np.errstate(invalid="ignore"):
+            ratio = np.where(np.isfinite(own), (best + eps) / (own + eps), 0.0)
+        return np.concatenate(
+            [absolute.reshape(n, G, O * O), np.clip(ratio, 0.0, 1.0)], axis=2
+        ).astype(np.float32)
+
+    def _update_cost_features(self) -> None:
+        if not self.cost_features:
+            return
+        kern.target_costs(
+            self.fp, self.env_i, self.env_f, self.remaining_s, self.busy, self.cache_model,
+            self.dg, self.res_of_target, self.plan_coef, self.split_coef, self.model_f,
+            self.dev_f, self.tgt_f, self.ok_st, self.ok_p, self.masks, self.flags,
+            self.objective_index, self.target_costs,
+        )  # fmt: skip
+        feat = self.target_cost_features()
+        nreq, S, per = self.observation_size()
+        real = len(self.scenario.servers)
+        rows = np.zeros((self.n, S, feat.shape[2]), np.float32)  # padded rows stay zero
+        rows[:, :real] = feat[:, 1 : 1 + real]
+        servers = self.obs[:, nreq:].reshape(self.n, S, per)
+        self.obs_costs[:] = np.concatenate(
+            [
+                self.obs[:, :nreq],
+                feat[:, 0],
+                np.concatenate([servers, rows], axis=2).reshape(self.n, -1),
+            ],
+            axis=1,
+        )
+
     # ---------------------------------------------------------------- plans
     def open_plans(self, n: int = 0) -> np.ndarray:
         """(M, 4) every plan (target, split, tier, policy) open for env n's current request,
@@ -502,6 +587,7 @@ class OffloadCore:
             idx = np.flatnonzero(self.env_i[:, kern.CT_POS] >= self.block_size)
             self._refill(rng, idx)
             self._prepare(idx, advance_first=True)
+        self._update_cost_features()
         return self.result
 
     # ---------------------------------------------------------------- reward bounds

@@ -98,7 +98,9 @@ class _OffloadBase:
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
 
-    def _setup(self, scenario, render_mode, invalid_action, num_envs, parallel=None):
+    def _setup(
+        self, scenario, render_mode, invalid_action, num_envs, parallel=None, cost_features=False
+    ):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(
                 f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}"
@@ -108,10 +110,10 @@ class _OffloadBase:
                 f"invalid_action must be one of {INVALID_ACTION_MODES}, got {invalid_action!r}"
             )
         self.scenario = load_scenario(scenario)
-        self.core = OffloadCore(self.scenario, num_envs, parallel)
+        self.core = OffloadCore(self.scenario, num_envs, parallel, cost_features)
         self.render_mode = render_mode
         self.invalid_action = invalid_action
-        nreq, ns, per = self.core.observation_size()
+        nreq, ns, per = self.core.observation_layout()
         self.obs_layout = {"request": (0, nreq), "servers": (nreq, ns, per)}
         self.single_obs_space = spaces.Box(0.0, 1.0, (nreq + ns * per,), np.float32)
         bounds = self.core.reward_bounds()[self.core.objective_index]
@@ -240,6 +242,14 @@ class LLMOffloadEnv(_OffloadBase, gym.Env):
     tier (fast, dram, ssd, csd), hosts the requested model, expert cache holds the requested
     model. Rows are encoded identically, so a permutation-invariant network can pool them.
 
+    With ``cost_features=True`` (not the default) the request part (for the local target) and
+    every server row end with ``O * O + O`` more entries, O the number of objectives: what the
+    cost model predicts for sending the current request to that target now, the knowledge
+    greedy myopic acts on (``OffloadCore.target_cost_features``): for each objective j, the
+    costs of every objective of the target's open plan cheapest in j, as log1p(cost / u) /
+    log1p(1e4) with u = 1e-4 x that objective's reward bound (1: closed target); then for each
+    j the cheapest open target's cost in j over this target's (1: cheapest; 0: closed).
+
     ## Rewards
 
     ``float32`` vector, one entry per ``scenario.objectives.names`` (default latency, energy),
@@ -260,7 +270,8 @@ class LLMOffloadEnv(_OffloadBase, gym.Env):
     ## Arguments
 
     ``scenario`` (preset name, YAML path, mapping or Scenario; default ``"default"``),
-    ``render_mode`` (``None`` or ``"ansi"``), ``invalid_action`` (``"fallback"`` or ``"raise"``).
+    ``render_mode`` (``None`` or ``"ansi"``), ``invalid_action`` (``"fallback"`` or ``"raise"``),
+    ``cost_features`` (``False``; ``True`` appends the cost model's predictions, above).
 
     ## Version history
 
@@ -268,9 +279,13 @@ class LLMOffloadEnv(_OffloadBase, gym.Env):
     """
 
     def __init__(
-        self, scenario="default", render_mode: str | None = None, invalid_action: str = "fallback"
+        self,
+        scenario="default",
+        render_mode: str | None = None,
+        invalid_action: str = "fallback",
+        cost_features: bool = False,
     ) -> None:
-        self._setup(scenario, render_mode, invalid_action, 1)
+        self._setup(scenario, render_mode, invalid_action, 1, cost_features=cost_features)
         self.observation_space = self.single_obs_space
         self.action_space = spaces.MultiDiscrete(self.core.nvec)
         self._action = np.zeros((1, len(ACTION_PARTS)), dtype=np.int64)
@@ -279,7 +294,7 @@ class LLMOffloadEnv(_OffloadBase, gym.Env):
         super().reset(seed=seed)
         self.core.reset(self.np_random)
         self._last = None
-        return self.core.obs[0].copy(), self._info()
+        return self.core.observation()[0].copy(), self._info()
 
     def _step(self, a: np.ndarray, knobs: np.ndarray | None = None):
         if self.invalid_action == "raise":
@@ -302,7 +317,13 @@ class LLMOffloadEnv(_OffloadBase, gym.Env):
                 "costs": info["costs"],
                 "fallback": info["fallback"],
             }
-        return core.obs[0].copy(), result.reward[0].copy(), False, bool(result.truncated[0]), info
+        return (
+            core.observation()[0].copy(),
+            result.reward[0].copy(),
+            False,
+            bool(result.truncated[0]),
+            info,
+        )
 
     def step(self, action):
         a = self._action
@@ -347,8 +368,10 @@ class LLMOffloadContinuousEnv(LLMOffloadEnv):
     (observation, rewards, episode) is as in ``LLMOffload-v0``.
     """
 
-    def __init__(self, scenario="default", render_mode: str | None = None) -> None:
-        super().__init__(scenario, render_mode, "fallback")
+    def __init__(
+        self, scenario="default", render_mode: str | None = None, cost_features: bool = False
+    ) -> None:
+        super().__init__(scenario, render_mode, "fallback", cost_features)
         self.slices = continuous_action_slices(self.core.nvec)
         self.action_space = spaces.Box(-1.0, 1.0, (int(self.slices[-1]),), np.float32)
 
@@ -392,6 +415,7 @@ class LLMOffloadVectorEnv(gym.vector.VectorEnv):
         render_mode: str | None = None,
         invalid_action: str = "fallback",
         parallel: bool | None = None,
+        cost_features: bool = False,
     ) -> None:
         if (
             isinstance(num_envs, bool)
@@ -401,7 +425,9 @@ class LLMOffloadVectorEnv(gym.vector.VectorEnv):
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
         self._base = _OffloadBase()
         self._base.metadata = LLMOffloadEnv.metadata
-        self._base._setup(scenario, render_mode, invalid_action, int(num_envs), parallel)
+        self._base._setup(
+            scenario, render_mode, invalid_action, int(num_envs), parallel, cost_features
+        )
         self.core = self._base.core
         self.scenario = self._base.scenario
         self.num_envs = int(num_envs)
@@ -439,7 +465,7 @@ class LLMOffloadVectorEnv(gym.vector.VectorEnv):
             self._rngs = None
         self._reset_rows(np.ones(self.num_envs, bool))
         self._autoreset[:] = False
-        return self.core.obs.copy(), {
+        return self.core.observation().copy(), {
             "action_mask": self.core.masks.copy(),
             "plan_mask": self.core.plan_masks(),
         }
@@ -500,7 +526,7 @@ class LLMOffloadVectorEnv(gym.vector.VectorEnv):
             "plan": result.plan.copy(),
             "fallback": result.fallback.copy(),
         }
-        return self.core.obs.copy(), reward, self._terminated.copy(), truncated, info
+        return self.core.observation().copy(), reward, self._terminated.copy(), truncated, info
 
     @property
     def invalid_action_raise(self) -> bool:

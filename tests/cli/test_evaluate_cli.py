@@ -321,3 +321,24 @@ def test_gmorl_cost_feature_runs_are_evaluated_beside_plain_runs(tmp_path):
     for name in ("Discrete-SAC [cf]", "Discrete-SAC [plain]", "greedy"):
         gap = (hv_ref - m[name]["hypervolume"]) / hv_ref
         assert m[name]["gap_to_trained_on_variant"] == pytest.approx(gap)
+
+
+def test_main_env_cost_feature_run_is_evaluated_beside_a_plain_run(tiny_run, tmp_path):
+    """A run trained with --cost-features (DDPG too) gets its wider observation, a plain run
+    and the baselines the plain one, in one evaluation; a cost-feature checkpoint does not fit
+    a plain env, so evaluate.py must build the right one."""
+    import yaml
+
+    cf = train(tmp_path / "cf", "--scenario", "tiny", "--cost-features")
+    ddpg = train(tmp_path / "cf-ddpg", "--scenario", "tiny", "--cost-features", "--algo", "ddpg")
+    assert yaml.safe_load((cf / "config.yaml").read_text())["options"]["cost_features"] is True
+    out = tmp_path / "eval"
+    result = run(
+        "evaluate.py", str(cf), str(tiny_run), str(ddpg), "--baselines", "greedy",
+        "--preferences", "3", "--episodes", "1", "--out", str(out), "--no-progress", "--no-plot",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (scenario,) = json.loads((out / "results.json").read_text())["scenarios"].values()
+    assert set(scenario["metrics"]) == {
+        "Discrete-SAC [cf]", "Discrete-SAC [dsac-tiny]", "DDPG [cf-ddpg]", "greedy",
+    }  # fmt: skip

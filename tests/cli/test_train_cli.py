@@ -121,6 +121,7 @@ def test_ctrl_c_writes_a_checkpoint(tmp_path):
         (["--gmorl-edges", "99", "--env", "gmorl"], "--gmorl-edges"),
         (["--gmorl-cost-features"], "--gmorl-cost-features needs --env gmorl"),
         (["--env", "gmorl", "--gmorl-relative-costs"], "--gmorl-relative-costs needs"),
+        (["--env", "gmorl", "--cost-features"], "--cost-features needs --env llm-offload"),
         (["--timesteps", "ten"], "--timesteps"),
         (["--preferences", "1,-1"], "--preferences"),
         (["--preferences", "lots"], "--preferences"),
@@ -157,6 +158,7 @@ def test_help_documents_every_option():
         "--resume",
         "--gmorl-cost-features",
         "--gmorl-relative-costs",
+        "--cost-features",
     ):
         assert option in result.stdout
 

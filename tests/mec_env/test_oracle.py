@@ -282,6 +282,7 @@ def test_core_state_copy_and_restore():
         np.testing.assert_array_equal(getattr(core, name)[:2], np.repeat(saved[name], 2, 0))
     # every per-env array the core allocates is covered by STATE_ARRAYS or is a step output
     outputs = {"costs", "plan", "fallback", "reward", "default_knobs", "all_envs"}
+    outputs |= {"target_costs", "obs_costs"}  # derived: set_state / copy_rows recompute them
     other = OffloadCore(sc, n + 1)  # per-env arrays: those whose first axis follows num_envs
     per_env = {
         k
