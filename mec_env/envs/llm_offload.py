@@ -248,7 +248,9 @@ class LLMOffloadEnv(_OffloadBase, gym.Env):
     greedy myopic acts on (``OffloadCore.target_cost_features``): for each objective j, the
     costs of every objective of the target's open plan cheapest in j, as log1p(cost / u) /
     log1p(1e4) with u = 1e-4 x that objective's reward bound (1: closed target); then for each
-    j the cheapest open target's cost in j over this target's (1: cheapest; 0: closed).
+    j the cheapest open target's cost in j over this target's (1: cheapest; 0: closed). The
+    costs are ``OffloadCore.plan_costs``'s: all KV on the plan's tier, full device frequency,
+    default transmit power (the continuous env's knobs can do better or worse).
 
     ## Rewards
 
