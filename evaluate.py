@@ -121,6 +121,12 @@ def build_parser():
         help="--reference-point worst: the fronts the worst point is taken over: every compared method, or (GMORL's comparison set) the trained runs, per-preference policies and random only; the other methods are then scored against that point (default: %(default)s)",
     )
     ap.add_argument(
+        "--compare-to",
+        default=None,
+        metavar="METHOD",
+        help="a baseline name, or a RUN's directory name: report every other method's hypervolume and expected utility minus this one's, with a 95 %% paired bootstrap interval over the episodes (every method plays the same ones; needs --episodes >= 2)",
+    )
+    ap.add_argument(
         "--oracle",
         action="store_true",
         help="add the clairvoyant oracle (mec_env.oracle; exhaustive on tiny instances, beam search otherwise) and IGD to its front",
@@ -367,20 +373,22 @@ class Progress:
 
 
 def run_method(env, policy, prefs, episodes: int, seed: int, progress: Progress, name: str):
+    """Returns per episode and preference, (episodes, P, d); episode e is seed ``seed + e``."""
     from agents.evaluation import episode_returns
 
-    total = np.zeros((len(prefs), int(env.reward_dim)))
+    out = np.zeros((episodes, len(prefs), int(env.reward_dim)))
     for ep in range(episodes):
-        total += episode_returns(env, policy, prefs, 1, seed + ep)
+        out[ep] = episode_returns(env, policy, prefs, 1, seed + ep)
         progress.update(name)
-    return total / episodes
+    return out
 
 
 def evaluate_on(
     spec: EnvSpec, runs: list[Run], baselines: list[str], prefs, args, progress, fixed=()
 ):
-    """Mean return per preference of every method on one scenario: name -> (P, d); the
-    ``fixed``-preference runs together give one method, each run at its own preference."""
+    """Returns per episode and preference of every method on one scenario: name ->
+    (episodes, P, d) (the mean over axis 0 is the method's front); the ``fixed``-preference runs
+    together give one method, each run at its own preference."""
     from agents.baselines import make_baseline
 
     fronts: dict[str, np.ndarray] = {}
@@ -394,11 +402,11 @@ def evaluate_on(
                     w = np.asarray([run.options["fixed_preference"]], np.float32)
                     points.append(
                         run_method(env, make_policy(run, spec, env), w, args.episodes,
-                                   args.seed, progress, run.label)[0]
+                                   args.seed, progress, run.label)[:, 0]
                     )  # fmt: skip
                 finally:
                     env.close()
-            fronts[f"per-preference policies ({len(fixed)})"] = np.array(points)
+            fronts[f"per-preference policies ({len(fixed)})"] = np.stack(points, axis=1)
         for run in runs:
             key = (run.algo, has_cost_features(run))
             if key not in envs:
@@ -443,6 +451,7 @@ def metrics_table(fronts, spec: EnvSpec, reference: str, oracle_front=None, refe
         ref = np.array(o.reference_point)
         norm = {k: pareto.normalise(v, low, high) for k, v in fronts.items()}
         ref_raw = low + ref * (high - low)
+    box = (reference, low, high, ref)
     oracle_norm = None
     if oracle_front is not None:
         oracle_norm = (
@@ -454,8 +463,7 @@ def metrics_table(fronts, spec: EnvSpec, reference: str, oracle_front=None, refe
         # expected utility and sparsity on [0, 1]-normalised returns whatever the reference
         unit = pareto.normalise(front, low, high) if reference == "worst" else front
         row = {
-            "hypervolume": float(pareto.hypervolume(front, ref)),
-            "expected_utility": float(pareto.expected_utility(unit)),
+            **dict(zip(("hypervolume", "expected_utility"), hv_eu(fronts[name], box), strict=True)),
             "sparsity": float(pareto.sparsity(unit)),
             "cardinality": int(pareto.cardinality(front)),
         }
@@ -466,7 +474,49 @@ def metrics_table(fronts, spec: EnvSpec, reference: str, oracle_front=None, refe
             row["igd_to_oracle"] = float(pareto.igd(unit, pareto.pareto_front(unit_oracle)))
         row["mean_return"] = [float(x) for x in np.asarray(fronts[name]).mean(axis=0)]
         rows[name] = row
-    return rows, ref_raw
+    return rows, ref_raw, box
+
+
+def hv_eu(points, box) -> tuple[float, float]:
+    """(hypervolume, expected utility) of a method's mean returns per preference, in the
+    reference frame ``box`` = (reference kind, low, high, reference point) of
+    :func:`metrics_table`."""
+    from mec_env import pareto
+
+    reference, low, high, ref = box
+    pts = np.asarray(points) if reference == "worst" else pareto.normalise(points, low, high)
+    front = pareto.pareto_front(pts)
+    unit = pareto.normalise(front, low, high) if reference == "worst" else front
+    return float(pareto.hypervolume(front, ref)), float(pareto.expected_utility(unit))
+
+
+def paired_bootstrap(
+    episodes: np.ndarray, base: np.ndarray, box, resamples: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """Hypervolume and expected utility of a method minus a base method's, both evaluated on
+    the same episodes (arrays (episodes, P, d)), with 95 % percentile intervals from
+    ``resamples`` paired bootstrap resamples of the episodes (the same draw for both)."""
+    if episodes.shape[0] != base.shape[0] or episodes.shape[0] < 2:
+        raise ValueError(
+            f"a paired bootstrap needs the same >= 2 episodes for both, got {episodes.shape[0]} "
+            f"and {base.shape[0]}"
+        )
+    rng = np.random.default_rng(seed)
+    n = episodes.shape[0]
+    diffs = np.empty((resamples, 2))
+    for i in range(resamples):
+        idx = rng.integers(0, n, n)
+        a, b = hv_eu(episodes[idx].mean(0), box), hv_eu(base[idx].mean(0), box)
+        diffs[i] = (a[0] - b[0], a[1] - b[1])
+    point = np.subtract(hv_eu(episodes.mean(0), box), hv_eu(base.mean(0), box))
+    lo, hi = np.percentile(diffs, [2.5, 97.5], axis=0)
+    return {
+        "hypervolume_diff": float(point[0]),
+        "hypervolume_diff_ci95": [float(lo[0]), float(hi[0])],
+        "expected_utility_diff": float(point[1]),
+        "expected_utility_diff_ci95": [float(lo[1]), float(hi[1])],
+        "resamples": resamples,
+    }
 
 
 def objective_info(spec: EnvSpec) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -495,6 +545,22 @@ def print_table(title: str, rows: dict[str, dict], base: str | None) -> list[str
             ratio = f" | {r['hypervolume'] / b:.3f}" if b > 0 else " | n/a"
         lines.append(f"| {name} | " + " | ".join(vals) + ratio + " |")
     print("\n".join(lines) + "\n")
+    return lines
+
+
+def compare_lines(rows: dict[str, dict], episodes: int) -> list[str]:
+    """One line per method compared by ``--compare-to``: the differences and their intervals."""
+    lines = []
+    for name, r in rows.items():
+        c = r.get("compare_to")
+        if c is None:
+            continue
+        hv, eu = c["hypervolume_diff_ci95"], c["expected_utility_diff_ci95"]
+        lines.append(
+            f"{name} - {c['method']}: hypervolume {c['hypervolume_diff']:+.4f} "
+            f"[{hv[0]:+.4f}, {hv[1]:+.4f}], expected utility {c['expected_utility_diff']:+.4f} "
+            f"[{eu[0]:+.4f}, {eu[1]:+.4f}] (95 % paired bootstrap over the {episodes} episodes)"
+        )
     return lines
 
 
@@ -594,6 +660,23 @@ def main(argv: list[str] | None = None) -> int:
                 f"--per-preference-runs: run {str(r.path)!r} was trained on --env {r.env}, not {family}"
             )
 
+    compare_to = None
+    if args.compare_to is not None:
+        known = {b: b for b in baselines} | {r.label: r.label for r in runs}
+        known |= {r.path.name: r.label for r in runs}
+        if fixed_runs:
+            known[f"per-preference policies ({len(fixed_runs)})"] = (
+                f"per-preference policies ({len(fixed_runs)})"
+            )
+        if args.compare_to not in known:
+            fail(
+                f"--compare-to: {args.compare_to!r} is not an evaluated method; known: "
+                + ", ".join(sorted(known))
+            )
+        if args.episodes < 2:
+            fail(f"--compare-to needs --episodes >= 2 (a paired bootstrap), got {args.episodes}")
+        compare_to = known[args.compare_to]
+
     n_methods = len(runs) + len(baselines) + len(fixed_runs)
     total = args.episodes * n_methods * (1 + len(variants)) + args.episodes * len(reference_runs)
     progress = Progress(total, not args.no_progress)
@@ -612,7 +695,8 @@ def main(argv: list[str] | None = None) -> int:
     csv_rows: list[dict[str, Any]] = []
     try:
         for k, s in enumerate([spec, *variants]):
-            fronts = evaluate_on(s, runs, baselines, prefs, args, progress, fixed_runs)
+            per_episode = evaluate_on(s, runs, baselines, prefs, args, progress, fixed_runs)
+            fronts = {name: r.mean(axis=0) for name, r in per_episode.items()}
             oracle_front = None
             if args.oracle and k == 0:
                 oracle_front = oracle_points(s, prefs, args)
@@ -624,16 +708,24 @@ def main(argv: list[str] | None = None) -> int:
                         label = f"trained on this variant: {ref_run.label}"
                         extra[label] = evaluate_on(s, [ref_run], [], prefs, args, progress)[
                             ref_run.label
-                        ]
+                        ].mean(axis=0)
             reference_set = None
             if args.reference_set == "learned-and-random":
                 learned = {r.label for r in runs} | {
                     k for k in fronts if k.startswith("per-preference")
                 }
                 reference_set = learned | {"random"} | set(extra)
-            rows, ref_raw = metrics_table(
+            rows, ref_raw, box = metrics_table(
                 {**fronts, **extra}, s, reference, oracle_front, reference_set
             )
+            if compare_to is not None:
+                base_name = compare_to
+                for name, r in per_episode.items():
+                    if name != base_name:
+                        rows[name]["compare_to"] = {
+                            "method": base_name,
+                            **paired_bootstrap(r, per_episode[base_name], box),
+                        }
             if extra:  # several runs trained on this variant: the gap is to the best of them
                 best = max(extra, key=lambda label: rows[label]["hypervolume"])
                 hv_ref = rows[best]["hypervolume"]
@@ -647,6 +739,12 @@ def main(argv: list[str] | None = None) -> int:
             base = "random" if "random" in rows else None
             title = s.label + (" (held out)" if k else "")
             md += print_table(title, rows, base) + [""]
+            if compare_to is not None:
+                for line in compare_lines(rows, args.episodes):
+                    print(line)
+                    md.append(f"- {line}")
+                print()
+                md.append("")
             if any("gap_to_trained_on_variant" in r for r in rows.values()):
                 for name, r in rows.items():
                     if r.get("gap_to_trained_on_variant") is not None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -215,6 +216,11 @@ def test_gmorl_protocol_uses_the_worst_point_as_reference(tmp_path):
         (["--scenario", "no-such-scenario"], "--scenario"),
         (["--env", "gmorl", "--eval-scenarios", "speed=3"], "--eval-scenarios"),
         (["--baselines", "none"], "nothing to evaluate"),
+        (["--baselines", "random", "--compare-to", "greedy"], "--compare-to: 'greedy' is not"),
+        (
+            ["--baselines", "random,greedy", "--compare-to", "greedy", "--episodes", "1"],
+            "--compare-to needs --episodes >= 2",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, args, fragment):
@@ -335,10 +341,61 @@ def test_main_env_cost_feature_run_is_evaluated_beside_a_plain_run(tiny_run, tmp
     out = tmp_path / "eval"
     result = run(
         "evaluate.py", str(cf), str(tiny_run), str(ddpg), "--baselines", "greedy",
-        "--preferences", "3", "--episodes", "1", "--out", str(out), "--no-progress", "--no-plot",
+        "--preferences", "3", "--episodes", "2", "--out", str(out), "--no-progress", "--no-plot",
+        "--compare-to", "dsac-tiny",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     (scenario,) = json.loads((out / "results.json").read_text())["scenarios"].values()
+    # --compare-to by a run's directory name: the other methods against that run
+    for name in ("Discrete-SAC [cf]", "DDPG [cf-ddpg]", "greedy"):
+        assert scenario["metrics"][name]["compare_to"]["method"] == "Discrete-SAC [dsac-tiny]"
     assert set(scenario["metrics"]) == {
         "Discrete-SAC [cf]", "Discrete-SAC [dsac-tiny]", "DDPG [cf-ddpg]", "greedy",
     }  # fmt: skip
+
+
+def test_compare_to_gives_paired_differences_with_intervals(tiny_run, tmp_path):
+    """--compare-to: every other method gets its hypervolume and expected utility minus the
+    base's, exactly the table's difference, with a 95 % interval; random, far below greedy on
+    every episode, has one below 0."""
+    out = tmp_path / "eval"
+    result = run(
+        "evaluate.py", str(tiny_run), "--baselines", "greedy,random", "--preferences", "5",
+        "--episodes", "4", "--compare-to", "greedy", "--out", str(out), "--no-progress",
+        "--no-plot",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (scenario,) = json.loads((out / "results.json").read_text())["scenarios"].values()
+    m = scenario["metrics"]
+    base = "greedy"
+    assert "compare_to" not in m[base]
+    for name in ("Discrete-SAC [dsac-tiny]", "random"):
+        c = m[name]["compare_to"]
+        assert c["method"] == base
+        assert c["hypervolume_diff"] == pytest.approx(
+            m[name]["hypervolume"] - m[base]["hypervolume"]
+        )
+        assert c["expected_utility_diff"] == pytest.approx(
+            m[name]["expected_utility"] - m[base]["expected_utility"]
+        )
+        for key in ("hypervolume_diff_ci95", "expected_utility_diff_ci95"):
+            assert c[key][0] <= c[key][1]
+    assert m["random"]["compare_to"]["expected_utility_diff_ci95"][1] < 0
+    assert "random - greedy: hypervolume" in result.stdout
+
+
+def test_paired_bootstrap_of_identical_and_shifted_methods():
+    sys.path.insert(0, str(REPO))
+    from evaluate import paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    base = -rng.uniform(0.2, 0.8, (6, 5, 2))  # 6 episodes, 5 preferences, 2 objectives
+    box = ("scenario", np.array([-1.0, -1.0]), np.array([0.0, 0.0]), np.array([-0.1, -0.1]))
+    same = paired_bootstrap(base, base.copy(), box, resamples=200)
+    assert same["hypervolume_diff"] == 0.0 and same["hypervolume_diff_ci95"] == [0.0, 0.0]
+    # better by 0.05 in both objectives on every episode: the whole interval is above 0
+    better = paired_bootstrap(base + 0.05, base, box, resamples=200)
+    assert better["hypervolume_diff"] > 0 and better["hypervolume_diff_ci95"][0] > 0
+    assert better["expected_utility_diff"] == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="same >= 2 episodes"):
+        paired_bootstrap(base[:1], base[:1], box)
