@@ -13,7 +13,6 @@ Bad arguments exit with status 2 and one line.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -23,7 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from mec_env.cli import OneLineArgumentParser  # bad arguments: exit 2, one line
+
+    ap = OneLineArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", help="a train.py --out directory (main env)")
     ap.add_argument("--scenario", default=None, help="preset or YAML (default: the run's own)")
     ap.add_argument(
@@ -61,7 +62,7 @@ def preferences(texts, dim: int) -> np.ndarray:
 def plan_mix(env, policy, prefs: np.ndarray, episodes: int, seed: int) -> dict[str, np.ndarray]:
     """Per preference, per episode means: ``rejected``, ``latency_s`` (requests not
     rejected), ``energy_j`` and ``targets`` (requests per target, device first)."""
-    P, G = len(prefs), int(env.single_action_space.nvec[0])
+    P, G = len(prefs), int(env.unwrapped.core.nvec[0])  # targets (continuous env too)
     out = {k: np.zeros(P) for k in ("rejected", "latency_s", "energy_j")}
     out["targets"] = np.zeros((P, G))
     for ep in range(episodes):

@@ -44,14 +44,15 @@ def test_morl_baselines_envelope_example_runs(tmp_path):
     assert "Envelope w = [1.0, 0.0]" in result.stdout and "random:" in result.stdout
 
 
-def test_plan_mix_counts_every_served_request(tmp_path):
+@pytest.mark.parametrize("algo", ["dsac", "ddpg"])
+def test_plan_mix_counts_every_served_request(tmp_path, algo):
     """examples/plan_mix.py on a tiny run: per preference and method, the requests on each
     target plus the rejected ones add up to the episode length; bad input exits 2."""
     out = tmp_path / "tiny"
     trained = subprocess.run(
         [sys.executable, "train.py", "--scenario", "tiny", "--timesteps", "96", "--num-envs",
          "4", "--eval-every", "96", "--eval-preferences", "2", "--no-progress", "--out",
-         str(out), "--cost-features"],
+         str(out), "--cost-features", "--algo", algo],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr[-3000:]
@@ -62,9 +63,15 @@ def test_plan_mix_counts_every_served_request(tmp_path):
         for r in result.stdout.splitlines()
         if r.startswith("| 0,1") or r.startswith("| 1,0")
     ]
-    assert [r[1].strip() for r in rows] == ["Discrete-SAC [tiny]", "greedy"] * 2
+    label = {"dsac": "Discrete-SAC [tiny]", "ddpg": "DDPG [tiny]"}[algo]
+    assert [r[1].strip() for r in rows] == [label, "greedy"] * 2
     for r in rows:
         rejected, targets = float(r[2]), [float(x) for x in r[5:]]
         assert rejected + sum(targets) == pytest.approx(8.0)  # tiny: 8 requests per episode
-    bad = run("examples/plan_mix.py", str(out), "--preferences", "1,0,0")
-    assert bad.returncode == 2 and "--preferences" in bad.stderr and "Traceback" not in bad.stderr
+    for args, fragment in (
+        (["--preferences", "1,0,0"], "--preferences"),
+        (["--episodes", "ten"], "--episodes"),
+    ):
+        bad = run("examples/plan_mix.py", str(out), *args)
+        assert bad.returncode == 2 and fragment in bad.stderr, bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1
