@@ -462,8 +462,10 @@ def metrics_table(fronts, spec: EnvSpec, reference: str, oracle_front=None, refe
         front = pareto.pareto_front(pts)
         # expected utility and sparsity on [0, 1]-normalised returns whatever the reference
         unit = pareto.normalise(front, low, high) if reference == "worst" else front
+        hv, eu = hv_eu(fronts[name], box)
         row = {
-            **dict(zip(("hypervolume", "expected_utility"), hv_eu(fronts[name], box), strict=True)),
+            "hypervolume": hv,
+            "expected_utility": eu,
             "sparsity": float(pareto.sparsity(unit)),
             "cardinality": int(pareto.cardinality(front)),
         }
@@ -719,12 +721,11 @@ def main(argv: list[str] | None = None) -> int:
                 {**fronts, **extra}, s, reference, oracle_front, reference_set
             )
             if compare_to is not None:
-                base_name = compare_to
                 for name, r in per_episode.items():
-                    if name != base_name:
+                    if name != compare_to:
                         rows[name]["compare_to"] = {
-                            "method": base_name,
-                            **paired_bootstrap(r, per_episode[base_name], box),
+                            "method": compare_to,
+                            **paired_bootstrap(r, per_episode[compare_to], box),
                         }
             if extra:  # several runs trained on this variant: the gap is to the best of them
                 best = max(extra, key=lambda label: rows[label]["hypervolume"])
