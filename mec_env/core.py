@@ -519,18 +519,14 @@ class OffloadCore:
         )  # fmt: skip
         feat = self.target_cost_features()
         nreq, S, per = self.observation_size()
+        nf = feat.shape[2]
+        out = self.obs_costs
+        out[:, :nreq] = self.obs[:, :nreq]
+        out[:, nreq : nreq + nf] = feat[:, 0]
+        rows = out[:, nreq + nf :].reshape(self.n, S, per + nf)  # a view: one contiguous axis split
+        rows[:, :, :per] = self.obs[:, nreq:].reshape(self.n, S, per)
         real = len(self.scenario.servers)
-        rows = np.zeros((self.n, S, feat.shape[2]), np.float32)  # padded rows stay zero
-        rows[:, :real] = feat[:, 1 : 1 + real]
-        servers = self.obs[:, nreq:].reshape(self.n, S, per)
-        self.obs_costs[:] = np.concatenate(
-            [
-                self.obs[:, :nreq],
-                feat[:, 0],
-                np.concatenate([servers, rows], axis=2).reshape(self.n, -1),
-            ],
-            axis=1,
-        )
+        rows[:, :real, per:] = feat[:, 1 : 1 + real]  # padded rows are never written: zero
 
     # ---------------------------------------------------------------- plans
     def open_plans(self, n: int = 0) -> np.ndarray:
