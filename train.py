@@ -172,8 +172,8 @@ def build_parser():
     ap.add_argument(
         "--critic-split",
         default="auto",
-        choices=("auto", "none", "plan", "target"),
-        help="--algo dsac: none (one Q per objective), plan (each critic predicts the immediate reward and the continuation of the whole plan, Q = R + C, R regressed on the reward itself) or target (the same with the continuation depending on the target only); auto: target on llm-offload, none on gmorl (default: %(default)s)",
+        choices=("auto", "none", "plan", "target", "observed"),
+        help="--algo dsac: none (one Q per objective), plan (each critic predicts the immediate reward and the continuation of the whole plan, Q = R + C, R regressed on the reward itself), target (the same with the continuation depending on the target only) or observed (--env gmorl with --gmorl-cost-features: R read exactly from the cost rows, only C learnt; not in the paper); auto: target on llm-offload, none on gmorl (default: %(default)s)",
     )
     ap.add_argument(
         "--device", default="cpu", help="torch device for the networks (default: %(default)s)"
@@ -226,6 +226,8 @@ def resolve_options(args) -> dict[str, Any]:
         fail("--plan-head conditional needs --env llm-offload (GMORL's action is the server only)")
     if args.critic_split != "auto" and args.algo != "dsac":
         fail(f"--critic-split {args.critic_split} needs --algo dsac")
+    if args.critic_split == "observed" and not args.gmorl_cost_features:
+        fail("--critic-split observed needs --env gmorl and --gmorl-cost-features")
     if args.domain_randomisation:
         if args.env != "llm-offload":
             fail(
@@ -311,6 +313,7 @@ def make_agent(opts: dict[str, Any], env):
             plan_head=opts.get("plan_head", "factorised"),
             split_reward=opts.get("critic_split", "none") != "none",
             continuation="target" if opts.get("critic_split") == "target" else "plan",
+            immediate="observed" if opts.get("critic_split") == "observed" else "learned",
             relative_costs=bool(opts.get("gmorl_relative_costs", False)),
         )
         return DiscreteSAC(env, config, seed=opts["seed"]), config

@@ -63,6 +63,13 @@ took the hypervolume from 0.8247 to 0.8285, 0.8326 and 0.8348 (greedy 0.8391); a
 steps (10 episodes) seeds 0, 1, 2 give 0.8437, 0.8342, 0.8364 against greedy's 0.8365, a
 ranking within the noise of ten episodes: with the env's cost features at 450,000 steps, all
 three seeds are above greedy on those episodes and 0.4-0.6 % below it on fifty others; README.
+
+Observed immediate reward (``immediate="observed"``, GMORLOffload with ``cost_features=True``):
+the env's cost rows hold, for every server, exactly -r of sending the current task there now,
+so R needs no learning: the critics' R half is replaced by those rewards (in the agent's units,
+centred over the open actions like every advantage) and only C is learnt. The ranking of the
+servers by what they cost now is then exact, as greedy's is, and what the critics learn is what
+a choice does to later tasks (not in GMORL).
 """
 
 from __future__ import annotations
@@ -97,6 +104,7 @@ __all__ = ["DSACConfig", "DiscreteSAC"]
 CHECKPOINT_VERSION = 1
 PLAN_HEADS = ("factorised", "conditional")
 CONTINUATIONS = ("plan", "target")
+IMMEDIATE = ("learned", "observed")
 
 
 @dataclass
@@ -133,6 +141,11 @@ class DSACConfig:
         continuation: with ``split_reward``, whether the continuation C depends on the whole
             plan ("plan") or on the target only ("target": the rest of the plan is then ranked
             by its immediate reward alone; the target still by R + C).
+        immediate: with ``split_reward``, where the immediate reward R comes from: "learned" (a
+            critic output regressed on r) or "observed" (GMORLOffload with
+            ``cost_features=True`` only: the env's cost rows, which are exactly -r of sending
+            the current task to each server, so only the continuation C is learnt; module
+            docstring).
         relative_costs: GMORLOffload with ``cost_features=True`` only: give every server row the
             preference-scalarised myopic cost relative to the best server's
             (:class:`agents.networks.ServerSetEncoder`), inputs whose range does not move with
@@ -159,6 +172,7 @@ class DSACConfig:
     plan_head: str = "factorised"
     split_reward: bool = False
     continuation: str = "plan"
+    immediate: str = "learned"
     relative_costs: bool = False
     device: str = "cpu"
 
@@ -187,6 +201,10 @@ class DSACConfig:
             )
         if self.continuation != "plan" and not self.split_reward:
             raise ValueError("continuation='target' needs split_reward=True")
+        if self.immediate not in IMMEDIATE:
+            raise ValueError(f"immediate must be one of {IMMEDIATE}, got {self.immediate!r}")
+        if self.immediate == "observed" and not self.split_reward:
+            raise ValueError("immediate='observed' needs split_reward=True")
 
 
 class DiscreteSAC(CheckpointMixin):
@@ -238,6 +256,16 @@ class DiscreteSAC(CheckpointMixin):
                 )
             # the scale is also a buffer of the encoders: a loaded agent keeps its training one
             self.layout = replace(self.layout, cost_scale=tuple(float(x) for x in scale))
+        if cfg.immediate == "observed" and not (
+            self.discrete
+            and self.layout.transposed
+            and len(self.layout.cost_features) == self.reward_dim
+            and int(self.nvec[0]) == self.layout.num_servers
+        ):
+            raise ValueError(
+                "immediate='observed' needs an env whose observation holds, for every action, "
+                "the reward it gets now (GMORLOffload with cost_features=True)"
+            )
 
         conditional = cfg.plan_head == "conditional"
         if conditional and self.discrete:
@@ -448,12 +476,28 @@ class DiscreteSAC(CheckpointMixin):
         continuation half of every advantage but the target's is 0: where the request runs
         shapes the future, the rest of the plan only what the request costs now."""
         value, adv = net(obs, w, masks)
+        if self.config.immediate == "observed":
+            value, adv = self._observed_immediate(obs, value, adv, masks)
         if self.config.split_reward and self.config.continuation == "target":
             d = self.reward_dim
             adv = [adv[0]] + [
                 torch.cat([a[..., :d], torch.zeros_like(a[..., d:])], -1) for a in adv[1:]
             ]
         return value, adv
+
+    def _observed_immediate(self, obs: Tensor, value: Tensor, adv: list[Tensor], masks):
+        """Replace the immediate-reward half of a critic's (V, [A]) by the rewards the env's
+        cost rows say each action gets now (-cost / scale, in the agent's units), in the same
+        centred form: V_R = the mean over the open actions, A_R(a) = R(a) - V_R (0 if closed)."""
+        d, layout = self.reward_dim, self.layout
+        rows = obs.view(obs.shape[0], layout.server_dim, layout.num_servers)
+        costs = rows[:, list(layout.cost_features)]  # (B, D, S)
+        reward = -costs.transpose(1, 2) / self.scale  # (B, S, D)
+        open_ = masks[0].unsqueeze(-1).to(reward.dtype)
+        mean = (reward * open_).sum(1) / open_.sum(1).clamp(min=1.0)  # (B, D)
+        value = torch.cat([mean, value[..., d:]], dim=-1)
+        a_r = (reward - mean.unsqueeze(1)) * open_
+        return value, [torch.cat([a_r, adv[0][..., d:]], dim=-1)]
 
     def _total(self, q: Tensor) -> Tensor:
         """Q (B, D) from a critic output: itself, or with ``split_reward`` the sum of its

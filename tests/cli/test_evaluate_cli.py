@@ -302,14 +302,14 @@ def test_gmorl_side_by_side_with_per_preference_policies_and_unseen_frequencies(
 def test_gmorl_cost_feature_runs_are_evaluated_beside_plain_runs(tmp_path):
     """A run trained with --gmorl-cost-features gets its wider observation, a plain run and the
     baselines the paper's, in one evaluation; with two runs trained on the unseen ranges (one
-    of each kind, the cost-feature one with --gmorl-relative-costs, whose networks evaluate.py
-    rebuilds from its config), every gap is to the better of them."""
+    of each kind, the cost-feature one with --gmorl-relative-costs and --critic-split observed,
+    whose networks evaluate.py rebuilds from its config), every gap is to the better of them."""
     gmorl = ["--env", "gmorl", "--gmorl-edges", "2"]
     cf = train(tmp_path / "cf", *gmorl, "--gmorl-cost-features")
     plain = train(tmp_path / "plain", *gmorl)
     cf_test = train(
         tmp_path / "cf-test", "--env", "gmorl", "--gmorl-ranges", "test", "--gmorl-cost-features",
-        "--gmorl-relative-costs",
+        "--gmorl-relative-costs", "--critic-split", "observed",
     )  # fmt: skip
     plain_test = train(tmp_path / "plain-test", "--env", "gmorl", "--gmorl-ranges", "test")
     out = tmp_path / "eval"

@@ -133,6 +133,8 @@ def test_ctrl_c_writes_a_checkpoint(tmp_path):
         (["--plan-head", "joint"], "--plan-head"),
         (["--critic-split", "plan", "--algo", "ddpg"], "--critic-split plan needs --algo dsac"),
         (["--critic-split", "future"], "--critic-split"),
+        (["--env", "gmorl", "--critic-split", "observed"], "--critic-split observed needs"),
+        (["--critic-split", "observed", "--cost-features"], "--critic-split observed needs"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(tmp_path, args, fragment):
