@@ -443,13 +443,11 @@ def metrics_table(fronts, spec: EnvSpec, reference: str, oracle_front=None, refe
         low = everything.min(axis=0)
         high = everything.max(axis=0)
         ref = low.copy()
-        norm = {k: v for k, v in fronts.items()}
         ref_raw = ref
     else:
         o = spec.scenario.objectives
         low, high = np.array(o.return_low), np.array(o.return_high)
         ref = np.array(o.reference_point)
-        norm = {k: pareto.normalise(v, low, high) for k, v in fronts.items()}
         ref_raw = low + ref * (high - low)
     box = (reference, low, high, ref)
     oracle_norm = None
@@ -458,14 +456,11 @@ def metrics_table(fronts, spec: EnvSpec, reference: str, oracle_front=None, refe
             pareto.normalise(oracle_front, low, high) if reference == "scenario" else oracle_front
         )
     rows = {}
-    for name, pts in norm.items():
-        front = pareto.pareto_front(pts)
-        # expected utility and sparsity on [0, 1]-normalised returns whatever the reference
-        unit = pareto.normalise(front, low, high) if reference == "worst" else front
-        hv, eu = hv_eu(fronts[name], box)
+    for name, pts in fronts.items():
+        front, unit = front_in_box(pts, box)
         row = {
-            "hypervolume": hv,
-            "expected_utility": eu,
+            "hypervolume": float(pareto.hypervolume(front, ref)),
+            "expected_utility": float(pareto.expected_utility(unit)),
             "sparsity": float(pareto.sparsity(unit)),
             "cardinality": int(pareto.cardinality(front)),
         }
@@ -479,17 +474,27 @@ def metrics_table(fronts, spec: EnvSpec, reference: str, oracle_front=None, refe
     return rows, ref_raw, box
 
 
-def hv_eu(points, box) -> tuple[float, float]:
-    """(hypervolume, expected utility) of a method's mean returns per preference, in the
-    reference frame ``box`` = (reference kind, low, high, reference point) of
-    :func:`metrics_table`."""
+def front_in_box(points, box) -> tuple[np.ndarray, np.ndarray]:
+    """(Pareto front in the hypervolume's frame, the same front normalised to [0, 1]) of a
+    method's mean returns per preference, in the reference frame ``box`` = (reference kind,
+    low, high, reference point) of :func:`metrics_table`: raw returns under the worst point,
+    normalised ones under the scenario's bounds. Expected utility and sparsity use the second
+    whatever the reference."""
     from mec_env import pareto
 
-    reference, low, high, ref = box
+    reference, low, high, _ = box
     pts = np.asarray(points) if reference == "worst" else pareto.normalise(points, low, high)
     front = pareto.pareto_front(pts)
-    unit = pareto.normalise(front, low, high) if reference == "worst" else front
-    return float(pareto.hypervolume(front, ref)), float(pareto.expected_utility(unit))
+    return front, (pareto.normalise(front, low, high) if reference == "worst" else front)
+
+
+def hv_eu(points, box) -> tuple[float, float]:
+    """(hypervolume, expected utility) of a method's mean returns per preference in ``box``
+    (:func:`front_in_box`)."""
+    from mec_env import pareto
+
+    front, unit = front_in_box(points, box)
+    return float(pareto.hypervolume(front, box[3])), float(pareto.expected_utility(unit))
 
 
 def paired_bootstrap(

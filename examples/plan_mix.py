@@ -93,9 +93,7 @@ def main(argv=None) -> None:
         fail(f"run {args.run!r} is a {run.env} run; plan_mix reads the main env's plans")
     source = args.scenario if args.scenario is not None else run.scenario
     spec = EnvSpec("llm-offload", llm_scenario(source, None, "--scenario"), label="the scenario")
-    probe = spec.make(run.algo, 1, run)
-    prefs = preferences(args.preferences, int(probe.reward_dim))
-    probe.close()
+    prefs = preferences(args.preferences, len(spec.scenario.objectives.names))
     env = spec.make(run.algo, len(prefs), run)
     rows = {run.label: plan_mix(env, make_policy(run, spec, env), prefs, args.episodes, args.seed)}
     env.close()
